@@ -1,0 +1,287 @@
+"""Activation sources: the sharded on-disk store that `harvest` writes, a plain .npy, or a tensor in memory.
+
+Every source reads as a sequence of chunks (a store's shards, slices of a .npy) and streams shuffled
+batches with bounded memory: chunks are visited in a seeded random order, a few at a time (`buffer_rows`),
+and the rows of each group are permuted. Batch `b` of an epoch is always the same rows for the same seed,
+so training can resume at any step without replaying the data before it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from featurescope.atomic import read_json
+from featurescope.errors import FeaturescopeError
+
+STORE_FORMAT = "featurescope.activations"
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index` in a store."""
+    return f"shard-{index:05d}.safetensors"
+
+
+class ShardData(NamedTuple):
+    """One shard: activation rows, the token ids of its contexts, and which positions have a row."""
+
+    acts: Tensor
+    """[rows, d_model], stored dtype."""
+    tokens: Tensor
+    """[contexts, ctx_len] int32 token ids."""
+    mask: Tensor
+    """[contexts, ctx_len] bool: True where the position's activation is a row of `acts` (row-major order)."""
+
+
+class ActivationSource:
+    """Rows of activations [n_rows, d_model] read chunk by chunk."""
+
+    d_model: int
+    n_rows: int
+    model: str | None = None
+    layer: int | None = None
+    buffer_rows: int = 1 << 18
+
+    # -- to implement ------------------------------------------------------------------------
+    def chunk_rows(self) -> list[int]:
+        """Row count of each chunk."""
+        raise NotImplementedError
+
+    def load_chunk(self, index: int) -> Tensor:
+        """Rows of chunk `index` as float32 [rows, d_model]."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Rows [start, stop) in storage order, float32."""
+        start, stop = max(0, start), min(stop, self.n_rows)
+        out, offset = [], 0
+        for i, n in enumerate(self.chunk_rows()):
+            lo, hi = max(start, offset), min(stop, offset + n)
+            if lo < hi:
+                out.append(self.load_chunk(i)[lo - offset : hi - offset])
+            offset += n
+            if offset >= stop:
+                break
+        return torch.cat(out) if out else torch.zeros(0, self.d_model)
+
+    def sample(self, n: int, *, seed: int = 0) -> Tensor:
+        """`n` rows drawn without replacement (all rows if fewer), float32; reads only the chunks it needs."""
+        n = min(n, self.n_rows)
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(self.n_rows, size=n, replace=False))
+        out, offset = [], 0
+        for i, rows in enumerate(self.chunk_rows()):
+            sel = picked[(picked >= offset) & (picked < offset + rows)] - offset
+            if len(sel):
+                out.append(self.load_chunk(i)[torch.from_numpy(sel)])
+            offset += rows
+        return torch.cat(out) if out else torch.zeros(0, self.d_model)
+
+    def num_batches(self, batch_size: int, *, drop_last: bool = False) -> int:
+        """Batches in one epoch."""
+        return self.n_rows // batch_size if drop_last else math.ceil(self.n_rows / batch_size)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        shuffle: bool = True,
+    ) -> Iterator[Tensor]:
+        """Float32 batches [batch_size, d_model] of one epoch, starting at batch `start_batch`."""
+        groups = self._groups(seed, epoch, shuffle)
+        start_row = start_batch * batch_size
+        carry: Tensor | None = None
+        offset = 0
+        for g, chunk_ids in enumerate(groups):
+            n = sum(self.chunk_rows()[i] for i in chunk_ids)
+            if offset + n <= start_row:
+                offset += n
+                continue
+            data = torch.cat([self.load_chunk(i) for i in chunk_ids])
+            if shuffle:
+                perm = np.random.default_rng([seed, epoch, g, 1]).permutation(n)
+                data = data[torch.from_numpy(perm)]
+            if offset < start_row:
+                data = data[start_row - offset :]
+            offset += n
+            if carry is not None:
+                data = torch.cat([carry, data])
+                carry = None
+            full = (len(data) // batch_size) * batch_size
+            for s in range(0, full, batch_size):
+                yield data[s : s + batch_size]
+            if full < len(data):
+                carry = data[full:].clone()
+        if carry is not None and not drop_last and len(carry):
+            yield carry
+
+    def _groups(self, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
+        sizes = self.chunk_rows()
+        order = np.random.default_rng([seed, epoch, 0]).permutation(len(sizes)) if shuffle else range(len(sizes))
+        groups: list[list[int]] = [[]]
+        rows = 0
+        for i in order:
+            if groups[-1] and rows + sizes[i] > self.buffer_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append(int(i))
+            rows += sizes[i]
+        return [g for g in groups if g]
+
+
+class TensorSource(ActivationSource):
+    """Activations already in memory (tests, synthetic data)."""
+
+    def __init__(self, data: Tensor, *, chunk_size: int = 1 << 16, model: str | None = None,
+                 layer: int | None = None) -> None:
+        if data.ndim != 2:
+            raise FeaturescopeError(f"activations must be 2-D [N, d], got shape {tuple(data.shape)}")
+        self.data = data
+        self.n_rows, self.d_model = data.shape
+        self.chunk_size = chunk_size
+        self.model, self.layer = model, layer
+
+    def chunk_rows(self) -> list[int]:
+        full, rest = divmod(self.n_rows, self.chunk_size)
+        return [self.chunk_size] * full + ([rest] if rest else [])
+
+    def load_chunk(self, index: int) -> Tensor:
+        s = index * self.chunk_size
+        return self.data[s : s + self.chunk_size].float()
+
+
+class NpySource(TensorSource):
+    """A plain .npy file of shape [N, d], memory-mapped."""
+
+    def __init__(self, path: str | Path, *, chunk_size: int = 1 << 16) -> None:
+        path = Path(path)
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise FeaturescopeError(f"{path}: no such file") from None
+        except (ValueError, OSError) as e:
+            raise FeaturescopeError(f"{path}: not a readable .npy file ({e})") from None
+        if arr.ndim != 2:
+            raise FeaturescopeError(f"{path}: activations must be 2-D [N, d], got shape {arr.shape}")
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise FeaturescopeError(f"{path}: empty array of shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise FeaturescopeError(f"{path}: activations must be floating point, got {arr.dtype}")
+        self.path = path
+        self.array = arr
+        self.n_rows, self.d_model = arr.shape
+        self.chunk_size = chunk_size
+        self.model = self.layer = None
+
+    def load_chunk(self, index: int) -> Tensor:
+        s = index * self.chunk_size
+        return torch.from_numpy(np.asarray(self.array[s : s + self.chunk_size], dtype=np.float32))
+
+
+@dataclass
+class StoreInfo:
+    """The parts of a store's manifest that later stages read."""
+
+    model: str
+    layer: int
+    d_model: int
+    dtype: str
+    ctx_len: int
+    corpus: str
+    n_rows: int
+    complete: bool
+
+
+class ActivationStore(ActivationSource):
+    """A folder written by `featurescope harvest`: manifest.json + shard-NNNNN.safetensors.
+
+    See docs/formats.md for the format.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise FeaturescopeError(f"{path}: not an activation store (no {MANIFEST})")
+        self.path = path
+        self.manifest: dict[str, Any] = read_json(path / MANIFEST)
+        m = self.manifest
+        if m.get("format") != STORE_FORMAT:
+            raise FeaturescopeError(f"{path}: {MANIFEST} is not a featurescope activation store manifest")
+        if int(m.get("version", 0)) > STORE_VERSION:
+            raise FeaturescopeError(f"{path}: store format version {m.get('version')} is newer than supported")
+        self.shards: list[dict[str, Any]] = list(m["shards"])
+        self.d_model = int(m["d_model"])
+        self.n_rows = sum(int(s["rows"]) for s in self.shards)
+        self.model = m.get("model")
+        self.layer = m.get("layer")
+        if self.n_rows == 0:
+            raise FeaturescopeError(f"{path}: the store holds no activations yet")
+        for s in self.shards:
+            f = path / s["file"]
+            if not f.is_file():
+                raise FeaturescopeError(f"{path}: shard {s['file']} is missing")
+            if f.stat().st_size != int(s["bytes"]):
+                raise FeaturescopeError(
+                    f"{f}: shard is truncated or changed ({f.stat().st_size} bytes, manifest says {s['bytes']})"
+                )
+
+    @property
+    def info(self) -> StoreInfo:
+        m = self.manifest
+        return StoreInfo(
+            model=m["model"], layer=int(m["layer"]), d_model=self.d_model, dtype=m["dtype"],
+            ctx_len=int(m["ctx_len"]), corpus=m["corpus"], n_rows=self.n_rows, complete=bool(m["complete"]),
+        )
+
+    def chunk_rows(self) -> list[int]:
+        return [int(s["rows"]) for s in self.shards]
+
+    def read_shard(self, index: int) -> ShardData:
+        """Activations, token ids and row mask of shard `index` (validated)."""
+        f = self.path / self.shards[index]["file"]
+        try:
+            t = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise FeaturescopeError(f"{f}: corrupt shard ({e})") from None
+        if set(t) != {"acts", "tokens", "mask"}:
+            raise FeaturescopeError(f"{f}: corrupt shard (tensors {sorted(t)})")
+        acts, tokens, mask = t["acts"], t["tokens"], t["mask"].bool()
+        rows = int(self.shards[index]["rows"])
+        if acts.shape != (rows, self.d_model) or int(mask.sum()) != rows or tokens.shape != mask.shape:
+            raise FeaturescopeError(f"{f}: corrupt shard (shapes do not match the manifest)")
+        return ShardData(acts, tokens, mask)
+
+    def load_chunk(self, index: int) -> Tensor:
+        acts = self.read_shard(index).acts.float()
+        if not torch.isfinite(acts).all():
+            raise FeaturescopeError(f"{self.path / self.shards[index]['file']}: corrupt shard (non-finite values)")
+        return acts
+
+
+def open_source(path: str | Path) -> ActivationSource:
+    """An activation store folder or a .npy file of shape [N, d]."""
+    path = Path(path)
+    if path.is_dir():
+        return ActivationStore(path)
+    if path.suffix == ".npy":
+        return NpySource(path)
+    if not path.exists():
+        raise FeaturescopeError(f"{path}: no such file or folder")
+    raise FeaturescopeError(f"{path}: expected an activation store folder or a .npy file")

@@ -1,0 +1,189 @@
+"""The SAE interface every architecture implements, and our on-disk format (cfg.json + sae.safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from featurescope.errors import FeaturescopeError
+from featurescope.sae.config import SAEConfig
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+
+
+class SparseCodes(NamedTuple):
+    """Active features per row: `values[n, j]` is the activation of feature `indices[n, j]` (0 = padding)."""
+
+    values: Tensor
+    indices: Tensor
+
+
+class LossOutput(NamedTuple):
+    """What one training step's forward pass returns (all in normalised units)."""
+
+    loss: Tensor
+    """Scalar to minimise."""
+    x_hat: Tensor
+    """Reconstruction [batch, d_in]."""
+    l0: Tensor
+    """Mean number of active features per row (scalar, no grad)."""
+    fired: Tensor
+    """Bool [d_sae]: which features were active on at least one row of the batch."""
+    terms: dict[str, Tensor]
+    """Named parts of the loss for logging (mse, l1, auxk, ...), detached scalars."""
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder over raw activations.
+
+    `encode(x)` takes raw activations `[..., d_in]` and returns dense feature activations `[..., d_sae]`;
+    `decode(f)` returns activations in the same raw units. Input normalisation (one constant scale, so that
+    E‖x‖ = √d_in) lives inside as the buffer `input_scale`.
+
+    Parameters: `W_enc_rows` [d_sae, d_in] (read `W_enc` for the usual [d_in, d_sae] view), `b_enc` [d_sae],
+    `W_dec` [d_sae, d_in], `b_dec` [d_in]; architectures add their own (e.g. thresholds).
+    """
+
+    architecture: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[SAE]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.architecture:
+            SAE.registry[cls.architecture] = cls
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc_rows = nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("input_scale", torch.ones(()))
+
+    # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def create(cfg: SAEConfig, *, seed: int = 0) -> SAE:
+        """A freshly initialised SAE of `cfg.architecture`."""
+        cls = SAE.registry.get(cfg.architecture)
+        if cls is None:
+            raise FeaturescopeError(f"unknown SAE architecture {cfg.architecture!r}")
+        sae = cls(cfg)
+        sae.reset_parameters(torch.Generator().manual_seed(seed))
+        return sae
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Initialise weights (architecture-specific)."""
+        raise NotImplementedError
+
+    # -- views ----------------------------------------------------------------------------------
+    @property
+    def W_enc(self) -> Tensor:
+        """Encoder matrix as [d_in, d_sae] (SAELens' layout), a view of `W_enc_rows`."""
+        return self.W_enc_rows.T
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    # -- normalisation --------------------------------------------------------------------------
+    def normalize(self, x: Tensor) -> Tensor:
+        """Raw activations -> the SAE's internal units."""
+        return x * self.input_scale
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """The SAE's internal units -> raw activations."""
+        return x / self.input_scale
+
+    # -- inference ------------------------------------------------------------------------------
+    def pre_acts(self, x_norm: Tensor) -> Tensor:
+        """Encoder pre-activations from normalised input."""
+        if self.cfg.apply_b_dec_to_input:
+            x_norm = x_norm - self.b_dec
+        return x_norm @ self.W_enc_rows.T + self.b_enc
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """Dense feature activations from pre-activations (inference rule of the architecture)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Raw activations [..., d_in] -> dense feature activations [..., d_sae]."""
+        self._check_input(x)
+        x = x.to(self.W_dec.dtype)
+        return self.activation(self.pre_acts(self.normalize(x)))
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Feature activations [..., d_sae] -> reconstructed raw activations [..., d_in]."""
+        return self.denormalize(f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction of raw activations, in raw units."""
+        return self.decode(self.encode(x))
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise FeaturescopeError(
+                f"activations have width {x.shape[-1]} but the SAE reads d_in={self.cfg.d_in}"
+            )
+
+    # -- training -------------------------------------------------------------------------------
+    def training_loss(self, x_norm: Tensor, progress: float) -> LossOutput:
+        """Loss of one batch of normalised inputs; `progress` in [0, 1] is the fraction of training done."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (e.g. to renormalise decoder rows)."""
+
+    # -- on disk --------------------------------------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        """Everything saved to sae.safetensors."""
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write cfg.json + sae.safetensors into folder `path` (atomically, file by file)."""
+        from featurescope.atomic import write_json, write_safetensors
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_safetensors(path / WEIGHTS_FILE, self.tensors(), metadata={"format": "featurescope.sae"})
+        write_json(path / CFG_FILE, self.cfg.to_json())
+        return path
+
+    @staticmethod
+    def load(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
+        """Load an SAE folder: ours, SAELens' or EleutherAI sparsify's (told apart by content)."""
+        from featurescope.sae.io import load_any
+
+        return load_any(Path(path), device=device)
+
+    @staticmethod
+    def from_tensors(cfg: SAEConfig, tensors: dict[str, Tensor]) -> SAE:
+        """Build an SAE of `cfg.architecture` from a dict shaped like `tensors()`."""
+        cls = SAE.registry.get(cfg.architecture)
+        if cls is None:
+            raise FeaturescopeError(f"unknown SAE architecture {cfg.architecture!r}")
+        sae = cls(cfg)
+        expected = sae.state_dict()
+        missing = set(expected) - set(tensors)
+        unexpected = set(tensors) - set(expected)
+        if missing or unexpected:
+            raise FeaturescopeError(
+                f"SAE weights do not match a {cfg.architecture} SAE "
+                f"(missing: {sorted(missing) or 'none'}, unexpected: {sorted(unexpected) or 'none'})"
+            )
+        for name, t in tensors.items():
+            if tuple(t.shape) != tuple(expected[name].shape):
+                raise FeaturescopeError(
+                    f"SAE tensor {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}"
+                )
+        sae.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+        return sae

@@ -1,0 +1,169 @@
+"""The `featurescope` command: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from featurescope.cli_args import add_dataclass_args, dataclass_from_args
+from featurescope.errors import FeaturescopeError
+
+DESCRIPTION = """\
+Find, explain and steer the features inside a language model with sparse autoencoders.
+
+The pipeline, one command per stage:
+  featurescope harvest --model default --layer 9 --corpus wiki-en --tokens 1000000 --out acts/
+  featurescope train --activations acts/ --out sae/
+  featurescope eval sae/ --activations acts/
+  featurescope export sae/ --format saelens --out sae-saelens/
+
+Every long command shows progress and resumes where it stopped when rerun with the same arguments.
+"""
+
+
+def _cmd_harvest(args: argparse.Namespace) -> int:
+    from featurescope.harvest import HarvestConfig, harvest
+
+    cfg = dataclass_from_args(HarvestConfig, args)
+    result = harvest(cfg, progress=not args.quiet)
+    state = "complete" if result.complete else "incomplete"
+    print(f"{result.path}: {result.rows} activation rows in {result.shards} shards ({state}; "
+          f"{result.new_rows} new in {result.seconds:.1f} s)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from featurescope.train import TrainConfig, train
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    result = train(cfg, progress=not args.quiet)
+    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
+    print(f"{result.path}: {result.steps} steps in {result.seconds:.1f} s; {metrics}")
+    return 0
+
+
+def _print_eval(result: Any, as_json: bool) -> None:
+    data: dict[str, Any] = {}
+    if result.reconstruction is not None:
+        data.update(result.reconstruction._asdict())
+    if result.ce is not None:
+        data.update(result.ce._asdict())
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="SAE evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from featurescope.evaluate import EvalConfig, evaluate
+
+    cfg = dataclass_from_args(EvalConfig, args)
+    _print_eval(evaluate(cfg, progress=not args.quiet and not cfg.json), cfg.json)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from featurescope.sae import SAE
+    from featurescope.sae.io import export
+
+    sae = SAE.load(args.sae)
+    out = export(sae, Path(args.out), args.format, overwrite=args.overwrite)
+    print(f"{out}: {sae.cfg.architecture} SAE written in {args.format} format")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from featurescope.activations import MANIFEST, ActivationStore
+
+    path = Path(args.path)
+    if (path / MANIFEST).is_file():
+        store = ActivationStore(path)
+        info = store.info
+        print(json.dumps({**vars(info), "shards": len(store.shards)}, indent=2))
+        return 0
+    from featurescope.sae import SAE
+
+    sae = SAE.load(path)
+    print(json.dumps(sae.cfg.to_json(), indent=2))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from featurescope.corpus import NAMED_CORPORA
+    from featurescope.model_cache import BUILTIN_MODELS
+
+    table = BUILTIN_MODELS if args.command == "models" else NAMED_CORPORA
+    for name, about in table.items():
+        print(f"{name:16} {about}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `featurescope` command."""
+    from featurescope.evaluate import EvalConfig
+    from featurescope.harvest import HarvestConfig
+    from featurescope.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="featurescope", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+        p.set_defaults(run=run)
+        return p
+
+    add_dataclass_args(command("harvest", "run a model over a corpus and store its residual stream at one layer",
+                               _cmd_harvest), HarvestConfig)
+    add_dataclass_args(command("train", "train a sparse autoencoder on an activation store or a .npy [N, d]",
+                               _cmd_train), TrainConfig)
+    add_dataclass_args(command("eval", "FVU, L0, dead features and CE loss recovered of an SAE", _cmd_eval),
+                       EvalConfig, positional=("sae",))
+    p = command("export", "write an SAE in SAELens' or EleutherAI sparsify's format", _cmd_export)
+    p.add_argument("sae", metavar="SAE", help="SAE folder")
+    p.add_argument("--format", required=True, choices=("saelens", "sparsify"), help="target format")
+    p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p = command("info", "describe an activation store or an SAE folder", _cmd_info)
+    p.add_argument("path", metavar="PATH")
+    command("models", "list the built-in models", _cmd_list)
+    command("corpora", "list the built-in corpora", _cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run one subcommand; user errors print one line and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "quiet"):
+        args.quiet = False
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        return int(args.run(args))
+    except FeaturescopeError as e:
+        print(f"featurescope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featurescope: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

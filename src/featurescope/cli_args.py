@@ -1,0 +1,51 @@
+"""Turn a plain dataclass config into argparse options and back (field `batch_size` → `--batch-size`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(type, optional) of an annotation such as `int | None`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = (),
+                       skip: tuple[str, ...] = ()) -> None:
+    """Add one option per field of dataclass `cls`; fields named in `positional` become positional args."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp, optional = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if f.name in positional:
+            parser.add_argument(f.name, type=tp, help=help_text, metavar=f.name.upper())
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+            continue
+        kind = str if tp not in (int, float, str) else tp
+        shown = "auto" if default is None and optional else default
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
+                            help=f"{help_text} (default: {shown})", metavar=f.metadata.get("metavar"))
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build `cls` from the parsed options that match its fields."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in vars(args).items() if k in names})

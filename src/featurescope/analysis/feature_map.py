@@ -1,0 +1,69 @@
+"""A 2-D map of all decoder directions: UMAP (cosine) with umap-learn, else PCA of the unit directions.
+
+`pip install 'featurescope[map]'` installs umap-learn. Coordinates are scaled into [0, 1] × [0, 1].
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from featurescope.analysis.neighbours import unit_rows
+from featurescope.errors import FeaturescopeError
+
+METHODS = ("auto", "umap", "pca", "none")
+
+
+class FeatureMap(NamedTuple):
+    """Map coordinates and how they were made."""
+
+    xy: Tensor
+    """[d_sae, 2] float32 in [0, 1]."""
+    method: str
+
+
+def have_umap() -> bool:
+    """Whether umap-learn is installed."""
+    return importlib.util.find_spec("umap") is not None
+
+
+def _scale(xy: Tensor) -> Tensor:
+    lo, hi = xy.min(0).values, xy.max(0).values
+    return ((xy - lo) / (hi - lo).clamp_min(1e-12)).float()
+
+
+def pca_map(w_dec: Tensor) -> Tensor:
+    """First two principal components of the centred unit directions."""
+    u = unit_rows(w_dec.double().cpu())
+    u = u - u.mean(0)
+    _, _, v = torch.linalg.svd(u, full_matrices=False)
+    xy = u @ v[:2].T
+    if xy.shape[1] < 2:
+        xy = torch.cat([xy, torch.zeros(len(xy), 2 - xy.shape[1], dtype=xy.dtype)], 1)
+    return _scale(xy)
+
+
+def umap_map(w_dec: Tensor, seed: int = 0, n_neighbors: int = 15) -> Tensor:
+    """UMAP of the decoder directions with the cosine metric."""
+    import umap
+
+    u = unit_rows(w_dec.float().cpu()).numpy()
+    reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=min(n_neighbors, len(u) - 1), min_dist=0.1,
+                        n_jobs=1, random_state=seed)
+    return _scale(torch.from_numpy(reducer.fit_transform(u)).double())
+
+
+def feature_map(w_dec: Tensor, method: str = "auto", seed: int = 0) -> FeatureMap | None:
+    """Map coordinates by `method` (auto: UMAP if installed and there are enough features, else PCA)."""
+    if method not in METHODS:
+        raise FeaturescopeError(f"unknown map method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "none" or len(w_dec) < 2:
+        return None
+    if method == "umap" and not have_umap():
+        raise FeaturescopeError("--map umap needs umap-learn: pip install 'featurescope[map]'")
+    if method == "umap" or (method == "auto" and have_umap() and len(w_dec) >= 64):
+        return FeatureMap(umap_map(w_dec, seed), "umap")
+    return FeatureMap(pca_map(w_dec), "pca")

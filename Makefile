@@ -7,11 +7,15 @@ BIN := $(VENV)/bin
 PEERS := .venv-peers
 TORCH := torch==2.13.0
 DEMO_DIR ?= runs/demo
-DEMO_TOKENS ?= 200000
-DEMO_FEATURES ?= 4096
-DEMO_K ?= 32
+# `make demo DEMO_SCALE=full` runs the larger pipeline; DEMO_TOKENS / DEMO_FEATURES / DEMO_K override a preset.
+DEMO_SCALE ?= small
+DEMO_SERVE ?= auto
+DEMO_PORT ?= 8765
+DEMO_TOKENS ?=
+DEMO_FEATURES ?=
+DEMO_K ?=
 
-.PHONY: install peers test test-slow demo lint bench clean
+.PHONY: install peers test test-slow demo screenshots lint bench clean
 
 install: $(VENV)/.installed
 
@@ -40,10 +44,16 @@ test: install peers
 test-slow: install peers
 	$(BIN)/python -m pytest -q -m slow
 
+# harvest → train → analyse → evaluate → serve; each step is skipped when done. The explorer runs until
+# Ctrl-C on a terminal; under CI=true or without a TTY it is started, checked once and stopped (DEMO_SERVE).
 demo: install
-	$(BIN)/featurescope harvest --model default --layer 9 --corpus wiki-en --tokens $(DEMO_TOKENS) --out $(DEMO_DIR)/acts
-	$(BIN)/featurescope train --activations $(DEMO_DIR)/acts --arch topk --features $(DEMO_FEATURES) --k $(DEMO_K) --out $(DEMO_DIR)/sae
-	$(BIN)/featurescope eval $(DEMO_DIR)/sae --activations $(DEMO_DIR)/acts
+	$(BIN)/featurescope demo --scale $(DEMO_SCALE) --out $(DEMO_DIR) --serve $(DEMO_SERVE) --port $(DEMO_PORT) \
+		$(if $(DEMO_TOKENS),--tokens $(DEMO_TOKENS)) $(if $(DEMO_FEATURES),--features $(DEMO_FEATURES)) \
+		$(if $(DEMO_K),--k $(DEMO_K))
+
+# Screenshots of every explorer page (docs/screenshots/), taken by the browser tests.
+screenshots: install
+	FEATURESCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_explorer_pages.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -51,6 +61,7 @@ lint: install
 bench: install peers
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_harvest.py
+	$(BIN)/python benchmarks/bench_steering.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

@@ -1,0 +1,102 @@
+"""The live API, when the explorer was started with a model and SAE: text search, steering, CE loss recovered.
+
+Each request holds the model's lock for its duration (steering hooks must not see another request's
+forward passes); with no model loaded every route answers 409.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import torch
+from fastapi import APIRouter, Request
+
+from featurescope.errors import FeaturescopeError
+from featurescope.server import limits, schemas
+from featurescope.server.api_store import explorer
+from featurescope.server.context import finite
+
+router = APIRouter(prefix="/api", tags=["live model"])
+LIVE_ERRORS = {409: {"description": "no model and SAE are loaded"}}
+
+
+def _acts(values: list[float]) -> list[float]:
+    return [v if math.isfinite(v) else 0.0 for v in values]
+
+
+@router.post("/search/text", summary="Run a text through the model and SAE: the features that fire on it",
+             responses=LIVE_ERRORS)
+def search_text(request: Request, body: schemas.TextSearchRequest) -> schemas.TextSearchResult:
+    from featurescope.analysis.search import search_text as run
+
+    live = explorer(request).require_live()
+    with live.lock:
+        result = run(live.store, body.text, sae=live.sae, model=live.model, n=body.n, by=body.by,
+                     device=str(live.model.device))
+    hits = [schemas.Hit(feature=h.feature, max=finite(h.max) or 0.0, relative=finite(h.relative) or 0.0,
+                        label=h.label, acts=_acts(h.acts)) for h in result.hits]
+    return schemas.TextSearchResult(tokens=result.tokens, token_ids=result.token_ids, hits=hits)
+
+
+def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, object]:
+    from featurescope.steer_values import parse_value
+
+    ex = explorer(request)
+    values: dict[int, object] = {}
+    for item in body.features:
+        ex.check_id(item.feature)
+        if item.feature in values:
+            raise FeaturescopeError(f"feature {item.feature} is given twice")
+        value = parse_value(item.value)
+        if abs(value.amount) > limits.MAX_ABS_STEER:
+            raise FeaturescopeError(f"steering value {value} is too large (at most {limits.MAX_ABS_STEER:g})")
+        values[item.feature] = value
+    return values
+
+
+@router.post("/steer", summary="Generate a baseline and a steered continuation of a prompt, side by side",
+             responses=LIVE_ERRORS)
+def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerResult:
+    from featurescope.steer_generate import generate
+
+    ex = explorer(request)
+    live = ex.require_live()
+    values = _steer_values(request, body)
+    with live.lock:
+        out = generate(live.model, live.sae, body.prompt, values, mode=body.mode, max_acts=ex.max_activations(),
+                       max_new_tokens=body.max_new_tokens, seed=body.seed, chat=body.chat,
+                       temperature=body.temperature)
+    return schemas.SteerResult(prompt=out.prompt, baseline=out.baseline, steered=out.steered,
+                               values={k: finite(v) or 0.0 for k, v in out.values.items()})
+
+
+def _ce_corpus(meta: dict[str, object]) -> str:
+    """The database's corpus if it can still be opened here (a built-in name or an existing file), else wiki-en."""
+    corpus = meta.get("corpus")
+    if isinstance(corpus, str) and corpus and (corpus.startswith(("wiki-", "bible-")) or Path(corpus).exists()):
+        return corpus
+    return "wiki-en"
+
+
+@router.post("/quality/ce", summary="Measure CE loss recovered with the SAE spliced into the model",
+             responses=LIVE_ERRORS)
+def measure_ce(request: Request, body: schemas.CERequest) -> schemas.CEResult:
+    from featurescope.corpus import contexts, open_corpus
+    from featurescope.evaluate import ce_metrics
+
+    ex = explorer(request)
+    live = ex.require_live()
+    corpus = _ce_corpus(ex.meta)
+    with live.lock:
+        model = live.model
+        stream = contexts(open_corpus(corpus, seed=1), model.tokenizer, ctx_len=int(ex.meta.get("ctx_len") or 128),
+                          bos_id=model.bos_id)
+        ids = torch.tensor(list(itertools.islice(stream, body.contexts)))
+        if len(ids) == 0:
+            raise FeaturescopeError(f"{corpus}: no contexts to measure CE loss on")
+        m = ce_metrics(model, live.sae.to(model.device), int(ex.meta["layer"]), ids)
+        live.ce = {**m._asdict(), "corpus": corpus}
+    return schemas.CEResult(ce_clean=finite(m.ce_clean), ce_spliced=finite(m.ce_spliced), ce_zero=finite(m.ce_zero),
+                            loss_recovered=finite(m.loss_recovered), tokens=m.tokens, corpus=corpus)

@@ -1,0 +1,62 @@
+"""The explorer's FastAPI application: JSON API (documented at /openapi.json and /docs) and the pages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from featurescope import __version__
+from featurescope.errors import FeaturescopeError
+from featurescope.server import api_live, api_store, limits, pages
+from featurescope.server.context import Explorer, NotFound, NotLoaded
+from featurescope.server.security import LOCAL_HOSTS, Guard
+
+DESCRIPTION = """The featurescope explorer's API over one feature database (read-only), and over the model
+and SAE when they are loaded (live text search, steering, CE loss recovered). Feature ids out of range
+answer 404; inputs over the limits in `/api/info` answer 4xx."""
+
+
+def _status(error: FeaturescopeError) -> int:
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, NotLoaded):
+        return 409
+    return 400
+
+
+async def _featurescope_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, FeaturescopeError)
+    return JSONResponse({"detail": str(error)}, status_code=_status(error))
+
+
+def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
+               allowed_hosts: Iterable[str] | None = LOCAL_HOSTS, device: str = "cpu",
+               eval_path: str | Path | None = None) -> FastAPI:
+    """The explorer of feature database `db_path`; with `sae` and/or `model` (objects, or a path and a model
+    name; the other defaults to the one the database records) live search and steering are on. `eval_path`:
+    a `featurescope eval --json` output whose CE loss recovered the overview shows.
+
+    Requests must name one of `allowed_hosts` in their Host header (None or "*": any); see `security.Guard`.
+    """
+    ex = Explorer(db_path, sae=sae, model=model, device=device, eval_path=eval_path)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        ex.close()
+
+    app = FastAPI(title="featurescope explorer", version=__version__, description=DESCRIPTION,
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
+    app.state.explorer = ex
+    app.add_exception_handler(FeaturescopeError, _featurescope_error)
+    app.include_router(api_store.router)
+    app.include_router(api_live.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files(), name="static")
+    app.add_middleware(Guard, hosts=allowed_hosts, limit=limits.MAX_BODY_BYTES)
+    return app

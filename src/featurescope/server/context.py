@@ -1,0 +1,119 @@
+"""What one explorer serves: the feature database (read-only) and, optionally, the model and SAE behind it.
+
+One SQLite connection is shared by the request threads behind a lock (reads take milliseconds); live work
+(text search, steering, CE loss) holds a second lock for the model, whose hooks must not overlap, and uses
+its own read-only connection so that slow generations never block page loads.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from featurescope.atomic import read_json
+from featurescope.errors import FeaturescopeError
+from featurescope.store import FeatureStore
+
+
+class NotFound(FeaturescopeError):
+    """A feature id (or other thing asked for) that the database does not hold: answered with 404."""
+
+
+class NotLoaded(FeaturescopeError):
+    """A live request to an explorer started without a model and SAE: answered with 409."""
+
+
+def finite(x: Any) -> float | None:
+    """`x` as a float, or None if it is missing, NaN or infinite (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def read_eval(path: str | Path) -> dict[str, float | None]:
+    """The numbers of a `featurescope eval --json` output file."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise FeaturescopeError(f"{path}: expected the JSON object that `featurescope eval --json` prints")
+    return {k: finite(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+class Live:
+    """The model and SAE that live search and steering run, with the lock that serialises their use."""
+
+    def __init__(self, sae: Any, model: Any, store: FeatureStore) -> None:
+        self.sae, self.model, self.store = sae, model, store
+        self.lock = threading.Lock()
+        self.ce: dict[str, Any] | None = None
+        """The last CE-loss-recovered measurement (kept in memory only)."""
+
+
+class Explorer:
+    """The database an explorer serves, its cached whole-database views, and the optional live model."""
+
+    def __init__(self, db_path: str | Path, *, sae: Any = None, model: Any = None, device: str = "cpu",
+                 eval_path: str | Path | None = None) -> None:
+        self.path = Path(db_path)
+        self.eval_metrics = read_eval(eval_path) if eval_path else {}
+        self.store = FeatureStore.open(self.path)
+        self.meta: dict[str, Any] = dict(self.store.meta)
+        self.d_sae = self.store.d_sae
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+        self.live: Live | None = None
+        if sae is not None or model is not None:
+            self.live = self._load_live(sae, model, device)
+
+    def _load_live(self, sae: Any, model: Any, device: str) -> Live:
+        from featurescope.analysis.search import load_for_store
+
+        live_store = FeatureStore.open(self.path)
+        try:
+            sae, model = load_for_store(live_store, sae=sae, model=model, device=device)
+        except BaseException:
+            live_store.close()
+            raise
+        return Live(sae, model, live_store)
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self.store.close()
+        if self.live is not None:
+            self.live.store.close()
+
+    @contextmanager
+    def read(self) -> Iterator[FeatureStore]:
+        """The shared store, held by this thread for the block."""
+        with self._lock:
+            yield self.store
+
+    def check_id(self, i: int) -> int:
+        """`i` if it is a feature id of the database, else NotFound."""
+        if not 0 <= i < self.d_sae:
+            raise NotFound(f"feature {i} is out of range: this database has features 0..{self.d_sae - 1}")
+        return i
+
+    def require_live(self) -> Live:
+        """The live model and SAE, else NotLoaded."""
+        if self.live is None:
+            raise NotLoaded("no model is loaded: start the explorer with --sae (and --model) for live search "
+                            "and steering")
+        return self.live
+
+    def cached(self, key: str, build: Any) -> Any:
+        """`build(store)` computed once under the store lock, then kept."""
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build(self.store)
+            return self._cache[key]
+
+    def max_activations(self) -> Tensor:
+        """Each feature's max activation over the analysed corpus (cached)."""
+        return self.cached("max_acts", lambda s: s.max_activations())

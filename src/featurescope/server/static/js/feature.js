@@ -1,0 +1,110 @@
+// The feature page: labels, statistics, activation histogram, logit effects, neighbours, top and quantile examples.
+import { api, clear, el, featureHref, featureLink, fmt, initNav, onKey, pct, showError } from "./common.js";
+import { barChart } from "./charts.js";
+import { exampleRow } from "./tokens.js";
+
+const main = document.getElementById("main");
+const id = Number((window.location.pathname.match(/^\/feature\/(-?\d+)/) || [])[1]);
+
+function stat(key, value, title) {
+  return el("div", { class: "stat", title }, el("div", { class: "v" }, value), el("div", { class: "k" }, key));
+}
+
+function statsGrid(f) {
+  const s = f.stats;
+  const every = s.density > 0 ? `1 in ${fmt(1 / s.density, 3)} tokens` : "never fired";
+  return el("div", { class: "stats" },
+    stat("density", pct(s.density), every), stat("tokens fired on", s.count.toLocaleString()),
+    stat("max activation", fmt(s.max)), stat("mean when firing", fmt(s.mean)), stat("std when firing", fmt(s.std)),
+    stat("decoder norm", fmt(s.decoder_norm)));
+}
+
+function labelsBlock(f) {
+  const rows = f.labels.map((lb) => el("tr", {},
+    el("td", {}, lb.kind), el("td", {}, lb.text), el("td", { class: "num" }, lb.score === null ? "—" : fmt(lb.score))));
+  return el("section", { class: "card" },
+    el("div", { class: "label-main", id: "label" }, f.label || "(no label)"),
+    rows.length ? el("table", { class: "small" },
+      el("thead", {}, el("tr", {}, el("th", {}, "kind"), el("th", {}, "label"),
+        el("th", { class: "num", title: "detection score: balanced accuracy of the label at telling firing "
+          + "from non-firing windows" }, "score"))),
+      el("tbody", {}, rows)) : null);
+}
+
+function histogram(f) {
+  if (!f.histogram) return el("p", { class: "muted" }, "No histogram (the feature never fired).");
+  const { counts, max } = f.histogram;
+  const w = max / counts.length;
+  const tips = counts.map((c, i) => `${c.toLocaleString()} tokens in (${fmt(i * w)}, ${fmt((i + 1) * w)}]`);
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((t) => [t, fmt(t * max)]);
+  return barChart({ counts, tips, ticks, xTitle: "activation", log: true,
+                    label: "activation histogram" });
+}
+
+function effects(list, cls) {
+  if (!list.length) return el("p", { class: "muted small" }, "none");
+  return el("div", { class: "chips" }, list.map((t) => el("span", { class: `chip ${cls}`, title: `token ${t.token}` },
+    el("bdi", {}, t.text), el("span", { class: "val" }, fmt(t.value)))));
+}
+
+function neighbours(f) {
+  if (!f.neighbours.length) return el("p", { class: "muted" }, "none stored");
+  return el("table", { id: "neighbours" },
+    el("thead", {}, el("tr", {}, el("th", {}, "feature"), el("th", { class: "num" }, "cosine"), el("th", {}, "label"))),
+    el("tbody", {}, f.neighbours.map((n) => el("tr", {},
+      el("td", {}, featureLink(n.feature)), el("td", { class: "num" }, fmt(n.cosine)), el("td", {}, n.label)))));
+}
+
+function examples(list, top, empty) {
+  if (!list.length) return el("p", { class: "muted" }, empty);
+  return el("div", {}, list.map((e) => exampleRow(e, top)));
+}
+
+function quantiles(f) {
+  if (!f.quantiles.length) return el("p", { class: "muted" }, "no samples");
+  const n = f.intervals || 1 + Math.max(...f.quantiles.map((e) => e.interval));
+  const groups = new Map();
+  for (const e of f.quantiles) groups.set(e.interval, [...(groups.get(e.interval) || []), e]);
+  return el("div", {}, [...groups.keys()].sort((a, b) => b - a).map((j) => el("div", {},
+    el("h3", { class: "small muted" },
+      `interval ${j + 1} of ${n}: activation ${fmt((j * f.stats.max) / n)} – ${fmt(((j + 1) * f.stats.max) / n)}`),
+    examples(groups.get(j), f.stats.max, ""))));
+}
+
+function header(f, information) {
+  const prev = f.id > 0 ? el("a", { href: featureHref(f.id - 1), title: "previous (←)" }, "← prev") : null;
+  const next = f.id < information.d_sae - 1 ? el("a", { href: featureHref(f.id + 1), title: "next (→)" }, "next →")
+    : null;
+  const steer = information.live ? el("a", { href: `/steer?feature=${f.id}` }, "steer with it") : null;
+  return el("div", { class: "row" }, el("h1", {}, `Feature ${f.id}`), el("span", { class: "spacer" }),
+    prev, next, el("a", { href: `/map?feature=${f.id}` }, "show on map"), steer);
+}
+
+function render(f, information) {
+  document.title = `Feature ${f.id} · featurescope`;
+  clear(main).append(
+    header(f, information), labelsBlock(f), el("h2", {}, "Statistics"), statsGrid(f),
+    el("div", { class: "grid cols-2" },
+      el("section", {}, el("h2", {}, "Activation histogram"), histogram(f),
+        el("h2", {}, "Logit effects"),
+        el("h3", { class: "small" }, "promotes"), effects(f.positive_logits, "pos"),
+        el("h3", { class: "small" }, "suppresses"), effects(f.negative_logits, "neg")),
+      el("section", {}, el("h2", {}, "Neighbours (decoder cosine)"), neighbours(f))),
+    el("section", { id: "top" }, el("h2", {}, "Top activations"),
+      examples(f.top, f.stats.max, "The feature never fired on the analysed tokens.")),
+    el("section", {}, el("h2", {}, "Samples across activation quantiles"), quantiles(f)),
+    el("footer", { class: "keys" }, "Keys: ← → previous / next feature · f go to feature · m map · ? help"));
+}
+
+async function main_() {
+  const information = await initNav("");
+  const go = (d) => () => {
+    const j = id + d;
+    if (j >= 0 && j < information.d_sae) window.location.href = featureHref(j);
+  };
+  onKey({ ArrowLeft: go(-1), ArrowRight: go(1), k: go(-1), j: go(1) });
+  if (!Number.isInteger(id)) throw new Error("no feature id in the address");
+  render(await api(`/api/features/${id}`), information);
+}
+
+main_().catch((e) => { clear(main); showError(main, e); });

@@ -1,0 +1,98 @@
+// The map: every feature as a point (UMAP or PCA of decoder directions), coloured by log10 density.
+// Hover shows the label; click opens the feature; shift-click (or the box) selects one and highlights its
+// neighbours. plotly reads a small HTML subset in hover text, so labels are entity-escaped for it.
+import { api, clear, el, featureHref, featureLink, fmt, initNav, param, pct, showError } from "./common.js";
+
+const main = document.getElementById("main");
+const GL_ABOVE = 20000; // points beyond which the WebGL trace type is used
+
+export function plotlyText(s) {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}
+
+function layout() {
+  return {
+    margin: { l: 30, r: 10, t: 10, b: 30 }, hovermode: "closest", dragmode: "pan", showlegend: true,
+    legend: { orientation: "h", y: -0.06 }, xaxis: { zeroline: false, showticklabels: false },
+    yaxis: { zeroline: false, showticklabels: false, scaleanchor: "x" }, paper_bgcolor: "#fbfbfa",
+    plot_bgcolor: "#ffffff",
+  };
+}
+
+function traces(points, selected, neighbours) {
+  const type = points.ids.length > GL_ABOVE ? "scattergl" : "scatter";
+  const text = points.ids.map((id, i) => `#${id}  ${plotlyText(points.labels[i] || "(no label)")}<br>density `
+    + `${pct(points.density[i])}`);
+  const logd = points.density.map((d) => (d > 0 ? Math.log10(d) : -8));
+  const index = new Map(points.ids.map((id, i) => [id, i]));
+  const pick = (ids) => ids.filter((f) => index.has(f)).map((f) => index.get(f));
+  const subset = (idx, name, marker) => ({
+    type, mode: "markers", name, x: idx.map((i) => points.x[i]), y: idx.map((i) => points.y[i]),
+    customdata: idx.map((i) => points.ids[i]), hovertext: idx.map((i) => text[i]), hoverinfo: "text", marker,
+  });
+  return [
+    { type, mode: "markers", name: "features", x: points.x, y: points.y, customdata: points.ids, hovertext: text,
+      hoverinfo: "text",
+      marker: { size: 5, color: logd, colorscale: "Viridis", opacity: 0.75,
+                colorbar: { title: { text: "log10 density" }, thickness: 10 } } },
+    subset(pick(neighbours), "neighbours", { size: 11, color: "#ff7f0e", line: { color: "#222", width: 1 } }),
+    subset(pick(selected === null ? [] : [selected]), "selected",
+      { size: 15, color: "#d62728", symbol: "star", line: { color: "#222", width: 1 } }),
+  ];
+}
+
+async function select(plot, points, panel, feature) {
+  clear(panel);
+  if (feature === null) {
+    panel.append(el("p", { class: "muted" }, "Shift-click a point, or type a feature id, to highlight its neighbours."));
+    window.Plotly.react(plot, traces(points, null, []), layout());
+    return;
+  }
+  const [summary, neighbours] = await Promise.all([
+    api(`/api/features/${feature}/summary`), api(`/api/features/${feature}/neighbours?n=10`)]);
+  window.Plotly.react(plot, traces(points, feature, neighbours.map((n) => n.feature)), layout());
+  panel.append(
+    el("h2", {}, featureLink(feature, `Feature ${feature}`)), el("p", {}, summary.label || "(no label)"),
+    el("p", { class: "small muted" }, `density ${pct(summary.density)} · max ${fmt(summary.max)}`),
+    el("h3", {}, "Neighbours"),
+    el("ol", { id: "map-neighbours" }, neighbours.map((n) => el("li", {},
+      featureLink(n.feature), " ", el("span", { class: "small muted" }, `cos ${fmt(n.cosine)}`), " ", n.label))));
+  history.replaceState(null, "", `/map?feature=${feature}`);
+}
+
+async function main_() {
+  const information = await initNav("/map");
+  if (!window.Plotly) throw new Error("plotly.js did not load (is the plotly Python package installed?)");
+  const points = await api("/api/map");
+  const box = el("input", { type: "number", min: "0", max: String(information.d_sae - 1), id: "select-feature",
+                            "data-primary": true, placeholder: "feature #", "aria-label": "select feature" });
+  const panel = el("aside", { class: "card", id: "panel" });
+  const plot = el("div", { id: "plot", role: "img", "aria-label": "map of features" });
+  clear(main).append(
+    el("div", { class: "row" }, el("h1", {}, "Feature map"),
+      el("span", { class: "muted small" },
+        `${points.ids.length.toLocaleString()} features · ${points.method ?? "no"} layout · hover for labels, `
+        + "click to open, shift-click to select"),
+      el("span", { class: "spacer" }),
+      el("form", { class: "row", onsubmit: (e) => {
+        e.preventDefault();
+        if (box.value !== "") select(plot, points, panel, Number(box.value)).catch((err) => showError(panel, err));
+      } }, el("label", { for: "select-feature" }, "Select"), box, el("button", { type: "submit" }, "Show"))),
+    points.ids.length ? el("div", { class: "map-layout" }, plot, panel)
+      : el("p", { class: "notice" }, "This database has no map (it was analysed with --map none)."));
+  if (!points.ids.length) return;
+  await window.Plotly.newPlot(plot, traces(points, null, []), layout(),
+    { displaylogo: false, responsive: true, scrollZoom: true });
+  plot.on("plotly_click", (event) => {
+    const p = event.points && event.points[0];
+    if (!p) return;
+    const feature = Number(p.customdata);
+    if (event.event && event.event.shiftKey) select(plot, points, panel, feature).catch((e) => showError(panel, e));
+    else window.location.href = featureHref(feature);
+  });
+  const start = param("feature");
+  await select(plot, points, panel, start === null || start === "" ? null : Number(start));
+  plot.dataset.ready = "1";
+}
+
+main_().catch((e) => showError(main, e));

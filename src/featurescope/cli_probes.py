@@ -1,0 +1,92 @@
+"""Subcommands of the probes: multilingual (cross-lingual features), probe (safety features), monitor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from featurescope.cli import add_command
+from featurescope.cli_args import add_dataclass_args, dataclass_from_args
+
+
+def _print_json(obj: Any) -> None:
+    from featurescope.probes.db import to_json
+
+    print(json.dumps(to_json(obj), indent=2, ensure_ascii=False))
+
+
+def _cmd_multilingual(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from featurescope.probes.multilingual import MultilingualConfig, no_findings_message, run_multilingual
+    from featurescope.probes.render import multilingual_table
+
+    cfg = dataclass_from_args(MultilingualConfig, args)
+    r = run_multilingual(cfg, progress=not args.quiet and not cfg.json)
+    if cfg.json:
+        _print_json(r)
+        return 0
+    console = Console()
+    head = (f"{r.path}: {r.segments['parallel']} parallel sentences + {r.segments['bible']} Bible verses in "
+            f"{', '.join(r.langs)}; {r.eligible} eligible features, {r.listed} cross-lingual (score ≥ "
+            f"{r.min_score:g} and > shuffled-alignment max {r.null_max:.3f}), of which {r.distinct} peak on "
+            f"different tokens across languages; {r.seconds:.1f} s")
+    console.print(head, markup=False, highlight=False)
+    if r.top:
+        console.print(multilingual_table(r.top, r.labels, "most cross-lingual features (best aligned example)"))
+    else:
+        console.print(no_findings_message(r), markup=False, highlight=False)
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from featurescope.probes.probe import ProbeConfig, SuppressionResult, run_probe
+    from featurescope.probes.render import category_table, suppression_table
+
+    cfg = dataclass_from_args(ProbeConfig, args)
+    r = run_probe(cfg, progress=not args.quiet and not cfg.json)
+    if cfg.json:
+        _print_json(r)
+        return 0
+    console = Console()
+    if isinstance(r, SuppressionResult):
+        console.print(suppression_table(r.rows))
+        console.print("selectivity > 0: suppressing the feature hurts the category's texts more than their matched "
+                      "controls.", markup=False, highlight=False, style="dim")
+        return 0
+    for c in r.categories:
+        console.print(category_table(c, r.labels, cfg.show))
+    found = sum(bool(c.reported) for c in r.categories)
+    console.print(f"{r.path}: probe set {r.probe_set!r}: features that generalise in {found} of {len(r.categories)} "
+                  f"categories ({r.seconds:.1f} s)", markup=False, highlight=False)
+    return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from featurescope.probes.monitor import MonitorConfig, run_monitor
+
+    cfg = dataclass_from_args(MonitorConfig, args)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(encoding="utf-8", errors="replace")
+    return run_monitor(cfg, quiet=args.quiet)
+
+
+def register(sub: Any) -> None:
+    """Add `multilingual`, `probe` and `monitor` to the `featurescope` parser."""
+    from featurescope.probes.monitor import MonitorConfig
+    from featurescope.probes.multilingual import MultilingualConfig
+    from featurescope.probes.probe import ProbeConfig
+
+    add_dataclass_args(add_command(sub, "multilingual", "score every feature's consistency across languages on "
+                                   "parallel text and list the most cross-lingual ones", _cmd_multilingual),
+                       MultilingualConfig, positional=("db",))
+    add_dataclass_args(add_command(sub, "probe", "rank features per probe category (e.g. safety) by held-out AUROC, "
+                                   "or measure suppressing one (--suppress)", _cmd_probe),
+                       ProbeConfig, positional=("db",))
+    p = add_command(sub, "monitor", "flag texts (JSONL or lines, stdin or --input) on which chosen features fire "
+                    "above a threshold calibrated for --fpr; exit 0 none flagged, 1 some, 2 error", _cmd_monitor)
+    add_dataclass_args(p, MonitorConfig)

@@ -19,9 +19,35 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 TIMEOUT_MS = 60_000
 
 
+ZH_PAYLOAD = "<img src=x onerror=\"window.__xss='multilingual'\">"
+
+
+def _add_probe_tables(db: Path) -> None:
+    """Cross-lingual scores (feature 0, with an HTML payload in its Chinese tokens) and one probe result."""
+    import json
+
+    from featurescope.probes import db as pdb
+
+    with FeatureStore.open(db) as store:
+        d_sae = store.d_sae
+    with pdb.update_db(db) as con:
+        scores = [(i, 0.9 if i == 0 else 0.0, 0.8 if i == 0 else None, 0.1, 1, int(i == 0),
+                   json.dumps({"en-zh": 0.9}), json.dumps({"en": 3, "zh": 3}), 0.0) for i in range(d_sae)]
+        segments = [(0, "en", "parallel", "eiffel-tower", "The Eiffel Tower", json.dumps(["The", " Eiffel", " Tower"])),
+                    (0, "zh", "parallel", "eiffel-tower", "埃菲尔铁塔", json.dumps(["埃菲尔", ZH_PAYLOAD]))]
+        examples = [(0, 0, "en", 0, 3.0, pdb.floats_blob([0, 3.0, 1.5])),
+                    (0, 0, "zh", 0, 2.0, pdb.floats_blob([2.0, 1.0]))]
+        pdb.replace_multilingual(con, {"langs": ["en", "zh"], "null_max": 0.2}, scores, segments, examples)
+        pdb.replace_probe(con, "safety", {"categories": ["deception"]},
+                          [("safety", "deception", 42, 42, 42, 42, 0.8, 0.75, 1, "1 feature generalises")],
+                          [("safety", "deception", 0, 0, 0.8, 0.78, 0.001, 0.79, 1, "[]")])
+
+
 @pytest.fixture(scope="module")
 def explorer_db(gemma, tmp_path_factory):
-    return build_db(gemma, tmp_path_factory.getbasetemp())
+    built = build_db(gemma, tmp_path_factory.getbasetemp())
+    _add_probe_tables(built.db)
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +203,17 @@ def test_corpus_html_is_shown_as_text_and_never_runs(tab, features):
     tab.open("/search?q=onerror", "#label-results")
     assert "<img src=x" in tab.page.text_content("#label-results")
     assert tab.page.locator("main img").count() == 0
+    assert tab.errors == []
+
+
+def test_feature_page_shows_languages_side_by_side_and_probe_results(tab):
+    tab.open("/feature/0", "#multilingual .card")
+    rows = tab.page.locator("#multilingual .card tr")
+    assert [rows.nth(i).locator("td").first.text_content() for i in range(rows.count())] == ["en", "zh"]
+    assert ZH_PAYLOAD in tab.page.text_content("#multilingual")  # the payload is text, not an element
+    assert tab.page.locator("#multilingual img").count() == 0
+    assert "cross-lingual score 0.9" in tab.page.text_content("#multilingual")
+    assert "deception" in tab.page.text_content("#probes")
     assert tab.errors == []
 
 

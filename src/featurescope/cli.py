@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from featurescope.cli_args import add_dataclass_args, dataclass_from_args
 from featurescope.errors import FeaturescopeError
@@ -110,38 +110,59 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `featurescope` command."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"featurescope: error: {message} (see {self.prog} --help)\n")
+
+
+def add_command(sub: Any, name: str, help_text: str, run: Callable[[argparse.Namespace], int]
+                ) -> argparse.ArgumentParser:
+    """Add subcommand `name` whose handler `run(args)` returns the exit status."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    p.set_defaults(run=run)
+    return p
+
+
+def _register_core(sub: Any) -> None:
     from featurescope.evaluate import EvalConfig
     from featurescope.harvest import HarvestConfig
     from featurescope.train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="featurescope", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
-        p.set_defaults(run=run)
-        return p
-
-    add_dataclass_args(command("harvest", "run a model over a corpus and store its residual stream at one layer",
-                               _cmd_harvest), HarvestConfig)
-    add_dataclass_args(command("train", "train a sparse autoencoder on an activation store or a .npy [N, d]",
-                               _cmd_train), TrainConfig)
-    add_dataclass_args(command("eval", "FVU, L0, dead features and CE loss recovered of an SAE", _cmd_eval),
+    add_dataclass_args(add_command(sub, "harvest", "run a model over a corpus and store its residual stream at one "
+                                   "layer", _cmd_harvest), HarvestConfig)
+    add_dataclass_args(add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]",
+                                   _cmd_train), TrainConfig)
+    add_dataclass_args(add_command(sub, "eval", "FVU, L0, dead features and CE loss recovered of an SAE", _cmd_eval),
                        EvalConfig, positional=("sae",))
-    p = command("export", "write an SAE in SAELens' or EleutherAI sparsify's format", _cmd_export)
+    p = add_command(sub, "export", "write an SAE in SAELens' or EleutherAI sparsify's format", _cmd_export)
     p.add_argument("sae", metavar="SAE", help="SAE folder")
     p.add_argument("--format", required=True, choices=("saelens", "sparsify"), help="target format")
     p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    p = command("info", "describe an activation store or an SAE folder", _cmd_info)
+    p = add_command(sub, "info", "describe an activation store or an SAE folder", _cmd_info)
     p.add_argument("path", metavar="PATH")
-    command("models", "list the built-in models", _cmd_list)
-    command("corpora", "list the built-in corpora", _cmd_list)
+    add_command(sub, "models", "list the built-in models", _cmd_list)
+    add_command(sub, "corpora", "list the built-in corpora", _cmd_list)
+
+
+# Modules that add subcommands: each has `register(sub)` (sub = the argparse subparsers object).
+COMMAND_MODULES: tuple[str, ...] = ("featurescope.cli_steer", "featurescope.cli_analysis", "featurescope.cli_serve",
+                                  "featurescope.cli_probes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `featurescope` command."""
+    import importlib
+
+    parser = _Parser(prog="featurescope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_core(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from featurescope import __version__
 from featurescope.errors import FeaturescopeError
-from featurescope.server import api_live, api_store, limits, pages
+from featurescope.server import api_live, api_probes, api_store, limits, pages
 from featurescope.server.context import Explorer, NotFound, NotLoaded
 from featurescope.server.security import LOCAL_HOSTS, Guard
 
@@ -56,6 +56,7 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
     app.include_router(api_store.router)
     app.include_router(api_live.router)
+    app.include_router(api_probes.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(Guard, hosts=allowed_hosts, limit=limits.MAX_BODY_BYTES)

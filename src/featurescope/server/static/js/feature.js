@@ -1,6 +1,7 @@
 // The feature page: labels, statistics, activation histogram, logit effects, neighbours, top and quantile examples.
 import { api, clear, el, featureHref, featureLink, fmt, initNav, onKey, pct, showError } from "./common.js";
 import { barChart } from "./charts.js";
+import { multilingualSection, probesSection } from "./probes.js";
 import { exampleRow } from "./tokens.js";
 
 const main = document.getElementById("main");
@@ -93,6 +94,7 @@ function render(f, information) {
     el("section", { id: "top" }, el("h2", {}, "Top activations"),
       examples(f.top, f.stats.max, "The feature never fired on the analysed tokens.")),
     el("section", {}, el("h2", {}, "Samples across activation quantiles"), quantiles(f)),
+    el("div", { id: "probe-sections" }),
     el("footer", { class: "keys" }, "Keys: ← → previous / next feature · f go to feature · m map · ? help"));
 }
 
@@ -104,7 +106,10 @@ async function main_() {
   };
   onKey({ ArrowLeft: go(-1), ArrowRight: go(1), k: go(-1), j: go(1) });
   if (!Number.isInteger(id)) throw new Error("no feature id in the address");
-  render(await api(`/api/features/${id}`), information);
+  const f = await api(`/api/features/${id}`);
+  render(f, information);
+  const extra = await Promise.all([multilingualSection(id, f.stats.max), probesSection(id)]);
+  document.getElementById("probe-sections").append(...extra.filter(Boolean));
 }
 
 main_().catch((e) => { clear(main); showError(main, e); });

@@ -1,7 +1,6 @@
 """The explorer's API over the probes' tables (read-only): a feature's cross-lingual score and aligned examples,
 the most cross-lingual features, and the probe categories with the features found for them.
 
-Wire it into the explorer with `app.include_router(featurescope.probes.api.router)`.
 """
 
 from __future__ import annotations

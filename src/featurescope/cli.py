@@ -150,7 +150,7 @@ def _register_core(sub: Any) -> None:
 
 # Modules that add subcommands: each has `register(sub)` (sub = the argparse subparsers object).
 COMMAND_MODULES: tuple[str, ...] = ("featurescope.cli_steer", "featurescope.cli_analysis", "featurescope.cli_serve",
-                                  "featurescope.cli_probes")
+                                  "featurescope.cli_probes", "featurescope.cli_vision")
 
 
 def build_parser() -> argparse.ArgumentParser:

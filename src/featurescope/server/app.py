@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from featurescope import __version__
 from featurescope.errors import FeaturescopeError
-from featurescope.server import api_live, api_probes, api_store, limits, pages
+from featurescope.server import api_images, api_live, api_probes, api_store, limits, pages
 from featurescope.server.context import Explorer, NotFound, NotLoaded
 from featurescope.server.security import LOCAL_HOSTS, Guard
 
@@ -55,6 +55,7 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
     app.state.explorer = ex
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
     app.include_router(api_store.router)
+    app.include_router(api_images.router)
     app.include_router(api_live.router)
     app.include_router(api_probes.router)
     app.include_router(pages.router)

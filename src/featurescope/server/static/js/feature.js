@@ -3,6 +3,7 @@ import { api, clear, el, featureHref, featureLink, fmt, initNav, onKey, pct, sho
 import { barChart } from "./charts.js";
 import { multilingualSection, probesSection } from "./probes.js";
 import { exampleRow } from "./tokens.js";
+import { imagesSection } from "./images.js";
 
 const main = document.getElementById("main");
 const id = Number((window.location.pathname.match(/^\/feature\/(-?\d+)/) || [])[1]);
@@ -91,6 +92,7 @@ function render(f, information) {
         el("h3", { class: "small" }, "promotes"), effects(f.positive_logits, "pos"),
         el("h3", { class: "small" }, "suppresses"), effects(f.negative_logits, "neg")),
       el("section", {}, el("h2", {}, "Neighbours (decoder cosine)"), neighbours(f))),
+    imagesSection(f.id),
     el("section", { id: "top" }, el("h2", {}, "Top activations"),
       examples(f.top, f.stats.max, "The feature never fired on the analysed tokens.")),
     el("section", {}, el("h2", {}, "Samples across activation quantiles"), quantiles(f)),

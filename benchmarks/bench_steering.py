@@ -27,8 +27,8 @@ import torch
 from featurescope.atomic import write_json
 from featurescope.models import load_model
 from featurescope.sae import SAE, SAEConfig
-from featurescope.steer_generate import encode_prompt, generation_kwargs
-from featurescope.steering import make_hook, steer
+from featurescope.steering.generate import encode_prompt, generation_kwargs
+from featurescope.steering.hook import make_hook, steer
 
 PROMPT = "Tell me how to get from the airport to the city centre. First,"
 

@@ -12,11 +12,10 @@ import time
 import pytest
 import torch
 
+from conftest import REPO
 from featurescope.activations import ActivationStore, open_source
 from featurescope.errors import FeaturescopeError
 from featurescope.harvest import HarvestConfig, harvest
-
-from conftest import REPO
 
 
 def _all(store: ActivationStore) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,9 +7,9 @@ import torch
 
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE, SAEConfig
-from featurescope.steer_generate import encode_prompt, generate, generation_kwargs
-from featurescope.steer_values import SteerValue, parse_value, parse_values, resolve_values
-from featurescope.steering import FeatureReader, SteeringHook, feature_directions, steer
+from featurescope.steering.generate import encode_prompt, generate, generation_kwargs
+from featurescope.steering.hook import FeatureReader, SteeringHook, feature_directions, steer
+from featurescope.steering.values import SteerValue, parse_value, parse_values, resolve_values
 from steering_helpers import LAYER, PROMPT, Recorder, make_db, orthogonal_sae, trained_sae
 
 LONG_PROMPT = "The Golden Gate Bridge is a suspension bridge spanning the strait between San Francisco Bay and"

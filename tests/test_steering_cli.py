@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from featurescope import cli, cli_steer
-from featurescope.steer_sweep import SweepConfig, sweep, top_token_ids, write_outputs
-from featurescope.steering import feature_directions
+from featurescope import cli
+from featurescope.commands import steer as cli_steer
+from featurescope.steering.hook import feature_directions
+from featurescope.steering.sweep import SweepConfig, sweep, top_token_ids, write_outputs
 from featurescope.store import FeatureStore
 from steering_helpers import PROMPT, make_db, orthogonal_sae
 

@@ -111,7 +111,7 @@ def gemma3() -> tuple[torch.nn.Module, object]:
 
 def vision_model(kind: str, name: str = "tiny"):
     """The tiny model of `kind` (smolvlm or gemma3) as a featurescope VisionLanguageModel, fp32 on CPU."""
-    from featurescope.vision_models import VisionLanguageModel
+    from featurescope.vision.models import VisionLanguageModel
 
     hf, processor = {"smolvlm": smolvlm, "gemma3": gemma3}[kind]()
     return VisionLanguageModel(hf, processor, name=name, source=f"test:{kind}")

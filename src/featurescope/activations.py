@@ -192,7 +192,7 @@ class NpySource(TensorSource):
 
     def load_chunk(self, index: int) -> Tensor:
         s = index * self.chunk_size
-        return torch.from_numpy(np.asarray(self.array[s : s + self.chunk_size], dtype=np.float32))
+        return torch.from_numpy(np.array(self.array[s : s + self.chunk_size], dtype=np.float32))
 
 
 @dataclass

@@ -149,8 +149,8 @@ def _register_core(sub: Any) -> None:
 
 
 # Modules that add subcommands: each has `register(sub)` (sub = the argparse subparsers object).
-COMMAND_MODULES: tuple[str, ...] = ("featurescope.cli_steer", "featurescope.cli_analysis", "featurescope.cli_serve",
-                                  "featurescope.cli_probes", "featurescope.cli_vision")
+COMMAND_MODULES: tuple[str, ...] = tuple(f"featurescope.commands.{name}"
+                                         for name in ("analysis", "steer", "serve", "probes", "vision"))
 
 
 def build_parser() -> argparse.ArgumentParser:

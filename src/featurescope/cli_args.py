@@ -11,6 +11,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def option(default: Any, help_text: str, **meta: Any) -> Any:
+    """A dataclass field with a default and its `--help` text (extra metadata: `choices`, `metavar`, `required`)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **meta})
+
+
 def _base_type(tp: Any) -> tuple[type, bool]:
     """(type, optional) of an annotation such as `int | None`."""
     origin = typing.get_origin(tp)
@@ -40,6 +45,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
                                 help=help_text)
             continue
         kind = str if tp not in (int, float, str) else tp
+        if f.metadata.get("required"):
+            parser.add_argument(flag, dest=f.name, type=kind, required=True, choices=choices,
+                                help=f"{help_text} (required)", metavar=f.metadata.get("metavar"))
+            continue
         shown = "auto" if default is None and optional else default
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
                             help=f"{help_text} (default: {shown})", metavar=f.metadata.get("metavar"))

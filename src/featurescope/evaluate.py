@@ -9,7 +9,7 @@ positions (BOS, padding) keep the model's own activation.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -17,9 +17,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featurescope.activations import ActivationSource, ActivationStore, open_source
+from featurescope.cli_args import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
-from featurescope.models import LanguageModel, load_model
+from featurescope.models import LanguageModel, default_device, load_model
 from featurescope.sae import SAE
 
 
@@ -27,16 +28,16 @@ from featurescope.sae import SAE
 class EvalConfig:
     """Settings of `featurescope eval`."""
 
-    sae: str = field(default="", metadata={"help": "SAE folder (ours, SAELens or sparsify)"})
-    activations: str = field(default="", metadata={"help": "activation store or .npy to measure FVU, L0, dead % on"})
-    model: str = field(default="", metadata={"help": "model for CE loss recovered (default: the SAE's or store's model)"})
-    corpus: str = field(default="", metadata={"help": "corpus for CE contexts (default: the store's own contexts)"})
-    rows: int = field(default=200_000, metadata={"help": "activation rows sampled for FVU, L0 and dead %"})
-    ce_contexts: int = field(default=16, metadata={"help": "contexts for CE loss recovered (0 skips it)"})
-    batch_size: int = field(default=8, metadata={"help": "contexts per forward pass"})
-    seed: int = field(default=0, metadata={"help": "seed for sampling rows"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
-    json: bool = field(default=False, metadata={"help": "print JSON instead of a table"})
+    sae: str = option("", "SAE folder (ours, SAELens or sparsify)")
+    activations: str = option("", "activation store or .npy to measure FVU, L0 and dead %% on")
+    model: str = option("", "model for CE loss recovered (default: the store's or the SAE's model)")
+    corpus: str = option("", "corpus for CE contexts (default: the store's own last contexts)")
+    rows: int = option(200_000, "activation rows sampled for FVU, L0 and dead %%")
+    ce_contexts: int = option(16, "contexts for CE loss recovered (0 skips it)")
+    batch_size: int = option(8, "contexts per forward pass")
+    seed: int = option(0, "seed for sampling rows")
+    device: str = option("auto", "cpu, cuda or auto")
+    json: bool = option(False, "print JSON instead of a table")
 
 
 class ReconstructionMetrics(NamedTuple):
@@ -152,7 +153,7 @@ def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | 
         raise FeaturescopeError("no SAE given")
     if not cfg.activations and not cfg.corpus:
         raise FeaturescopeError("give --activations (a store or .npy) and/or --corpus for CE loss recovered")
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    device = default_device() if cfg.device == "auto" else cfg.device
     sae = sae or SAE.load(cfg.sae, device=device)
     source = open_source(cfg.activations) if cfg.activations else None
     recon = None

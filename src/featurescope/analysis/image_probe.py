@@ -25,13 +25,13 @@ from featurescope import __version__
 from featurescope.analysis.search import load_for_store
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
-from featurescope.image_db import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
-from featurescope.image_encode import encode_image
-from featurescope.image_inputs import list_items, thumbnail
 from featurescope.models import LanguageModel, default_device
 from featurescope.sae import SAE
 from featurescope.store import FeatureStore, update_db
-from featurescope.vision_models import as_vision_model
+from featurescope.vision.db import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
+from featurescope.vision.encode import encode_image
+from featurescope.vision.inputs import list_items, thumbnail
+from featurescope.vision.models import as_vision_model
 
 KEEP_ACTS = 100
 """Features (best consistency first) whose per-pair activations are stored."""

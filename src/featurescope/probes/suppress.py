@@ -29,7 +29,7 @@ from featurescope.models import LanguageModel
 from featurescope.probes.encode import tokenize
 from featurescope.probes.sets import ProbeText
 from featurescope.sae import SAE
-from featurescope.steering import steer
+from featurescope.steering.hook import steer
 
 BOOTSTRAP = 2000
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
@@ -129,6 +130,25 @@ class SAE(nn.Module):
         """Reconstruction of raw activations, in raw units."""
         return self.decode(self.encode(x))
 
+    def encode_sparse(self, x: Tensor) -> SparseCodes:
+        """Raw activations [N, d_in] -> the active features of each row, padded to the busiest row.
+
+        Generic version: the dense code's nonzeros (architectures with a fixed k override it).
+        """
+        f = self.encode(x.reshape(-1, self.cfg.d_in))
+        width = max(int((f != 0).sum(-1).max()), 1) if f.shape[0] else 1
+        indices = f.abs().topk(width, dim=-1).indices
+        values = f.gather(-1, indices)
+        indices = torch.where(values != 0, indices, torch.zeros_like(indices))
+        return SparseCodes(values, indices)
+
+    def decode_sparse(self, codes: SparseCodes) -> Tensor:
+        """`SparseCodes` [N, k] -> reconstructed raw activations [N, d_in] (gathers k decoder rows)."""
+        values, indices = codes
+        out = F.embedding_bag(indices.long(), self.W_dec, mode="sum",
+                              per_sample_weights=values.to(self.W_dec.dtype))
+        return self.denormalize(out + self.b_dec)
+
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
             raise FeaturescopeError(
@@ -136,12 +156,39 @@ class SAE(nn.Module):
             )
 
     # -- training -------------------------------------------------------------------------------
-    def training_loss(self, x_norm: Tensor, progress: float) -> LossOutput:
-        """Loss of one batch of normalised inputs; `progress` in [0, 1] is the fraction of training done."""
+    def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
+        """Loss of one batch of normalised inputs; `progress` in [0, 1] is the fraction of training done.
+
+        `dead` (bool [d_sae]) marks features that have not fired for a while (used by AuxK).
+        """
         raise NotImplementedError
+
+    def init_from_data(self, x_norm: Tensor) -> None:
+        """Data-dependent initialisation from a sample of normalised inputs (e.g. b_dec); default: none."""
+
+    def before_step(self) -> None:
+        """Called after the backward pass, before the optimiser step (e.g. to project gradients)."""
 
     def after_step(self) -> None:
         """Called after each optimiser step (e.g. to renormalise decoder rows)."""
+
+    def per_feature_params(self) -> list[str]:
+        """Names of the parameters indexed by feature along dim 0 (reset together when resampling)."""
+        return ["W_enc_rows", "b_enc", "W_dec"]
+
+    @torch.no_grad()
+    def reinit_features(self, idx: Tensor, directions: Tensor, enc_norm: float, dec_norm: float) -> None:
+        """Point features `idx` at unit `directions` [len(idx), d_in] (resampling dead features)."""
+        self.W_dec[idx] = directions * dec_norm
+        self.W_enc_rows[idx] = directions * enc_norm
+        self.b_enc[idx] = 0.0
+
+    def training_state(self) -> dict[str, Tensor]:
+        """Training-only state outside `state_dict()` that a checkpoint must keep (default: none)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `training_state()` returned."""
 
     # -- on disk --------------------------------------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:

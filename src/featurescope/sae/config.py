@@ -44,9 +44,10 @@ class SAEConfig:
             )
         if self.d_in <= 0 or self.d_sae <= 0:
             raise FeaturescopeError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
-        if self.architecture in ("topk", "batchtopk"):
-            if self.k is None or not 0 < self.k <= self.d_sae:
-                raise FeaturescopeError(f"{self.architecture} needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae})")
+        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise FeaturescopeError(
+                f"{self.architecture} needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae})"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The dict written to cfg.json (carries the format name and version)."""
@@ -59,7 +60,8 @@ class SAEConfig:
             raise FeaturescopeError(f"not a featurescope SAE config (format={data.get('format')!r})")
         if int(data.get("version", 0)) > FORMAT_VERSION:
             raise FeaturescopeError(
-                f"SAE format version {data.get('version')} is newer than this featurescope reads ({FORMAT_VERSION})"
+                f"SAE format version {data.get('version')} is newer than this featurescope reads "
+                f"({FORMAT_VERSION})"
             )
         fields = {f.name for f in dataclasses.fields(cls)}
         body = {k: v for k, v in data.items() if k not in ("format", "version")}

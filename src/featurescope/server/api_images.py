@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from featurescope import image_db
 from featurescope.errors import FeaturescopeError
 from featurescope.server import limits
 from featurescope.server.api_store import FeatureId, explorer
 from featurescope.server.context import NotFound, finite
+from featurescope.vision import db as image_db
 
 router = APIRouter(prefix="/api", tags=["images"])
 

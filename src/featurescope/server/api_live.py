@@ -41,7 +41,7 @@ def search_text(request: Request, body: schemas.TextSearchRequest) -> schemas.Te
 
 
 def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, object]:
-    from featurescope.steer_values import parse_value
+    from featurescope.steering.values import parse_value
 
     ex = explorer(request)
     values: dict[int, object] = {}
@@ -59,7 +59,7 @@ def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, obj
 @router.post("/steer", summary="Generate a baseline and a steered continuation of a prompt, side by side",
              responses=LIVE_ERRORS)
 def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerResult:
-    from featurescope.steer_generate import generate
+    from featurescope.steering.generate import generate
 
     ex = explorer(request)
     live = ex.require_live()

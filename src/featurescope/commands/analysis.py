@@ -91,8 +91,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if args.image is not None:  # the image's patches (and TEXT after it, if given): featurescope.cli_vision
-            from featurescope.cli_vision import image_search
+        if args.image is not None:  # the image's patches (and TEXT after it, if given): featurescope.commands.vision
+            from featurescope.commands.vision import image_search
 
             image_search(store, args, device)
             return 0

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
-from featurescope.steer_values import (
+from featurescope.steering.values import (
     MaxActivations,
     open_feature_store,
     resolve_values,

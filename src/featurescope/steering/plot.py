@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from featurescope.errors import FeaturescopeError
 
 if TYPE_CHECKING:
-    from featurescope.steer_sweep import SweepResult
+    from featurescope.steering.sweep import SweepResult
 
 
 def sweep_html(result: SweepResult) -> str:

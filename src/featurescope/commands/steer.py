@@ -33,7 +33,7 @@ def _load_model(name: str, sae: Any, device: str) -> Any:
 
 def _pairs(features: list[int], values: list[str]) -> dict[int, Any]:
     """{feature: value} from repeated --feature and --clamp (one value applies to every feature)."""
-    from featurescope.steer_values import parse_value
+    from featurescope.steering.values import parse_value
 
     if len(values) == 1:
         values = values * len(features)
@@ -77,9 +77,9 @@ def _print_pair(result: Any, features: dict[int, Any], mode: str, labels: dict[i
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
-    from featurescope.steer_generate import generate
-    from featurescope.steer_values import check_feature, open_feature_store, resolve_values
-    from featurescope.steering import MODES, load_max_acts
+    from featurescope.steering.generate import generate
+    from featurescope.steering.hook import MODES, load_max_acts
+    from featurescope.steering.values import check_feature, open_feature_store, resolve_values
 
     if not args.prompt or not args.prompt.strip():
         raise FeaturescopeError("the prompt is empty (--prompt)")
@@ -103,8 +103,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     model = _load_model(args.model, sae, args.device)
     kwargs = dict(mode=args.mode, max_acts=max_acts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                   chat=args.chat, temperature=args.temperature, layer=args.layer, skip_special=not args.all_positions)
-    if args.image:  # an image prompt to an image-text model (featurescope.vision_steer)
-        from featurescope.vision_steer import generate_with_image
+    if args.image:  # an image prompt to an image-text model (featurescope.vision.steer)
+        from featurescope.vision.steer import generate_with_image
 
         result = generate_with_image(model, sae, args.prompt, args.image, features, **kwargs)
     else:
@@ -145,9 +145,9 @@ def _print_sweep(result: Any, paths: tuple[Any, Any]) -> None:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from featurescope.cli_args import dataclass_from_args
-    from featurescope.steer_sweep import SweepConfig, result_json, sweep, write_outputs
-    from featurescope.steer_values import check_feature, open_feature_store, parse_values
-    from featurescope.steering import load_max_acts
+    from featurescope.steering.hook import load_max_acts
+    from featurescope.steering.sweep import SweepConfig, result_json, sweep, write_outputs
+    from featurescope.steering.values import check_feature, open_feature_store, parse_values
 
     cfg = dataclass_from_args(SweepConfig, args)
     if not cfg.prompt.strip():
@@ -178,8 +178,8 @@ def register(sub: Any) -> None:
     """Add `steer` and `steer-sweep` to the `featurescope` subcommands."""
     from featurescope.cli import add_command
     from featurescope.cli_args import add_dataclass_args
-    from featurescope.steer_sweep import SweepConfig
-    from featurescope.steering import MODES
+    from featurescope.steering.hook import MODES
+    from featurescope.steering.sweep import SweepConfig
 
     p = add_command(sub, "steer", "generate from a prompt with and without features clamped, side by side",
                     _cmd_steer)

@@ -30,9 +30,9 @@ from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
-from featurescope.steer_generate import decode, encode_prompt, generation_kwargs, run_generate
-from featurescope.steer_values import MaxActivations, check_feature, max_activation, parse_values
-from featurescope.steering import MODES, FeatureReader, SteeringHook, attach, make_hook
+from featurescope.steering.generate import decode, encode_prompt, generation_kwargs, run_generate
+from featurescope.steering.hook import MODES, FeatureReader, SteeringHook, attach, make_hook
+from featurescope.steering.values import MaxActivations, check_feature, max_activation, parse_values
 
 
 @dataclass
@@ -96,7 +96,7 @@ def top_token_ids(model: LanguageModel, sae: SAE, feature: int, k: int, store: A
     """The feature's top-k logit-effect tokens: from the database when it has them, else computed the same way
     `analyze` does (W_U · (g ⊙ ŵ_i), g the final norm's gain)."""
     if store is not None:
-        from featurescope.steer_values import store_top_tokens
+        from featurescope.steering.values import store_top_tokens
 
         ids = store_top_tokens(store, feature, k)
         if ids:
@@ -243,7 +243,7 @@ def result_json(result: SweepResult) -> dict[str, Any]:
 def write_outputs(result: SweepResult, out: str | Path) -> tuple[Path, Path]:
     """Write OUT/feature_N.json and OUT/feature_N.html (a plotly page with its JS embedded); return both paths."""
     from featurescope.atomic import write_json, write_text
-    from featurescope.steer_plot import sweep_html
+    from featurescope.steering.plot import sweep_html
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -11,8 +11,8 @@ from torch import Tensor
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
-from featurescope.steer_values import MaxActivations
-from featurescope.steering import SteeringHook, attach, make_hook
+from featurescope.steering.hook import SteeringHook, attach, make_hook
+from featurescope.steering.values import MaxActivations
 
 
 class Generation(NamedTuple):

@@ -1,6 +1,6 @@
 """Steer a VLM's text generation given an image prompt: baseline and steered continuations, same seed.
 
-The steering hook is the one of `featurescope.steering` (clamp / add / conditional on block L); only the inputs
+The steering hook is the one of `featurescope.steering.hook` (clamp / add / conditional on block L); only the inputs
 differ: the processor turns the image and the prompt into token ids (image placeholders included) and pixels.
 """
 
@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
-from featurescope.image_encode import fit_image
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
-from featurescope.steer_generate import Generation, decode, generation_kwargs
-from featurescope.steer_values import MaxActivations
-from featurescope.steering import attach, make_hook
-from featurescope.vision_models import as_vision_model
+from featurescope.steering.generate import Generation, decode, generation_kwargs
+from featurescope.steering.hook import attach, make_hook
+from featurescope.steering.values import MaxActivations
+from featurescope.vision.encode import fit_image
+from featurescope.vision.models import as_vision_model
 
 
 @torch.inference_mode()

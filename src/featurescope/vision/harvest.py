@@ -2,7 +2,7 @@
 at layer L, recording for every position whether it shows an image patch, and which one.
 
 The store is an ordinary activation store (so `train` and `analyze` read it unchanged) plus, per shard, the
-image positions (`featurescope.image_store`) and one thumbnail per image. One image per context: the prompt
+image positions (`featurescope.vision.store`) and one thumbnail per image. One image per context: the prompt
 is the image followed by its caption (or `--prompt` for images without one). Resumable at shard granularity:
 a rerun with the same settings skips the images already stored (by name), so removing a broken image and
 rerunning keeps everything written before.
@@ -28,8 +28,9 @@ from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSI
 from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
-from featurescope.image_inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
-from featurescope.image_store import (
+from featurescope.vision.inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
+from featurescope.vision.models import VisionLanguageModel, as_vision_model, load_vision_model
+from featurescope.vision.store import (
     MODALITY,
     POSITIONS_FORMAT,
     THUMBNAILS,
@@ -37,7 +38,6 @@ from featurescope.image_store import (
     shard_refs,
     thumbnail_name,
 )
-from featurescope.vision_models import VisionLanguageModel, as_vision_model, load_vision_model
 
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "prompt", "chat", "shard_contexts", "thumbnail")
 CHAT_MODES = ("auto", "on", "off")

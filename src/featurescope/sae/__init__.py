@@ -1,0 +1,11 @@
+"""Sparse autoencoders: one interface, several architectures (importing this module registers them all)."""
+
+from featurescope.sae.base import SAE, LossOutput, SparseCodes
+from featurescope.sae.config import SAEConfig
+from featurescope.sae.jumprelu import JumpReLUSAE
+from featurescope.sae.relu import ReLUSAE
+from featurescope.sae.topk import BatchTopKSAE, TopKSAE
+
+__all__ = [
+    "SAE", "BatchTopKSAE", "JumpReLUSAE", "LossOutput", "ReLUSAE", "SAEConfig", "SparseCodes", "TopKSAE",
+]

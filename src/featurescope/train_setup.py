@@ -1,0 +1,178 @@
+"""Defaults, validation and small helpers of `featurescope.train` (kept apart so the loop stays short)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from featurescope.activations import ActivationSource
+from featurescope.errors import FeaturescopeError
+from featurescope.sae import SAE
+from featurescope.sae.config import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from featurescope.train import Plan, TrainConfig
+
+ADAM: dict[str, tuple[tuple[float, float], float]] = {
+    "relu": ((0.9, 0.999), 1e-8),  # Anthropic
+    "topk": ((0.9, 0.999), 6.25e-10),  # OpenAI
+    "batchtopk": ((0.9, 0.999), 6.25e-10),  # Bussmann et al. (as TopK)
+    "jumprelu": ((0.0, 0.999), 1e-8),  # Gemma Scope
+}
+"""(betas, eps) of Adam per architecture."""
+RELU_LR = 3e-3
+"""Default learning rate of the ReLU SAE (see docs/training.md for why not the paper's 5e-5)."""
+SPARSITY = {"relu": 5.0, "jumprelu": 1.0}
+"""Default λ per architecture."""
+SCALE_SAMPLE = 65536
+"""Rows sampled to estimate the input scale."""
+GEOMEDIAN_SAMPLE = 16384
+"""Rows (of that sample) whose geometric median initialises b_dec (TopK)."""
+EVAL_ROWS = 16384
+
+
+def default_features(d_in: int) -> int:
+    """8 × d_in features."""
+    return 8 * d_in
+
+
+def default_k(arch: str, features: int) -> int:
+    """k = 32 (sparsify's and a common OpenAI setting), at most features / 4."""
+    return max(1, min(32, features // 4))
+
+
+def default_lr(arch: str, features: int) -> float:
+    """Unit-norm decoders (topk, batchtopk, jumprelu): 2.8e-3 / √(features / 2^14), at most 8e-3; relu: 3e-3.
+
+    OpenAI's 1/√features scaling with a 14x larger constant, tuned for runs of 10^2-10^4 steps on the
+    synthetic benchmark (docs/training.md); OpenAI's own 2e-4 suits runs 100x longer.
+    """
+    if arch == "relu":
+        return RELU_LR
+    return min(8e-3, 2.8e-3 / math.sqrt(features / 2**14))
+
+
+def default_dead_tokens(total_tokens: int, batch_size: int) -> int:
+    """Dead-feature window: 10% of the run's tokens, between one batch and 10M tokens."""
+    return int(min(10_000_000, max(batch_size, total_tokens // 10)))
+
+
+def arch_settings(cfg: TrainConfig, plan: Plan) -> dict[str, Any]:
+    """The architecture's training settings, kept in `SAEConfig.extra` for the loss and for provenance."""
+    if cfg.arch in ("topk", "batchtopk"):
+        return {"auxk_coefficient": cfg.auxk_coefficient, "k_aux": plan.k_aux, "select_dtype": cfg.select_dtype}
+    if cfg.arch == "relu":
+        return {"l1_coefficient": plan.sparsity_coefficient, "warmup": cfg.warmup}
+    return {"l0_coefficient": plan.sparsity_coefficient, "warmup": cfg.warmup, "bandwidth": cfg.bandwidth,
+            "init_threshold": cfg.init_threshold}
+
+
+def check_config(cfg: TrainConfig, *, have_source: bool) -> None:
+    """Reject settings that cannot work, with one-line messages."""
+    if not cfg.out:
+        raise FeaturescopeError("--out is required (the folder to write the SAE to)")
+    if not cfg.activations and not have_source:
+        raise FeaturescopeError("--activations is required (an activation store folder or a .npy file)")
+    if cfg.arch not in ARCHITECTURES:
+        raise FeaturescopeError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    checks = [
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.features is None or cfg.features >= 1, f"--features must be positive, got {cfg.features}"),
+        (cfg.k is None or cfg.k >= 1, f"--k must be positive, got {cfg.k}"),
+        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (cfg.sparsity_coefficient is None or cfg.sparsity_coefficient >= 0,
+         "--sparsity-coefficient must not be negative"),
+        (0 <= cfg.warmup <= 1, "--warmup must be a fraction in [0, 1]"),
+        (0 <= cfg.lr_decay <= 1, "--lr-decay must be a fraction in [0, 1]"),
+        (cfg.auxk_coefficient >= 0, "--auxk-coefficient must not be negative"),
+        (cfg.k_aux is None or cfg.k_aux >= 1, "--k-aux must be positive"),
+        (cfg.bandwidth > 0, "--bandwidth must be positive"),
+        (cfg.init_threshold > 0, "--init-threshold must be positive"),
+        (cfg.threshold_lr_scale >= 0, "--threshold-lr-scale must not be negative"),
+        (cfg.dead_tokens is None or cfg.dead_tokens >= 1, "--dead-tokens must be positive"),
+        (cfg.select_dtype in ("bfloat16", "float32"), "--select-dtype must be bfloat16 or float32"),
+        (cfg.grad_clip >= 0, "--grad-clip must not be negative"),
+        (cfg.max_rows is None or cfg.max_rows >= 1, "--max-rows must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FeaturescopeError(message)
+
+
+def param_groups(sae: SAE, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups, each with an `lr_scale` (JumpReLU's thresholds learn faster)."""
+    named = dict(sae.named_parameters())
+    fast = ["log_threshold"] if cfg.arch == "jumprelu" else []
+    groups = [{"params": [p for n, p in named.items() if n not in fast], "lr_scale": 1.0}]
+    if fast:
+        groups.append({"params": [named[n] for n in fast], "lr_scale": cfg.threshold_lr_scale})
+    return groups
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` → cuda if available, else cpu; an unavailable cuda is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FeaturescopeError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FeaturescopeError("--device cuda asked for, but no CUDA GPU is available")
+    return device
+
+
+def input_scale(sample: Tensor) -> float:
+    """The constant s with E‖s·x‖ = √d_in over `sample`."""
+    if not bool(torch.isfinite(sample).all()):
+        raise FeaturescopeError("the activations contain NaN or infinite values")
+    mean_norm = float(sample.norm(dim=1).mean())
+    if mean_norm <= 0:
+        raise FeaturescopeError("the activations are all zero")
+    return math.sqrt(sample.shape[1]) / mean_norm
+
+
+@torch.no_grad()
+def evaluate_sample(sae: SAE, source: ActivationSource, *, seed: int,
+                    device: torch.device) -> dict[str, float]:
+    """FVU (around the mean, raw units), L0 and MSE of the inference path on a sample of `source`."""
+    x = source.sample(min(source.n_rows, EVAL_ROWS), seed=seed).to(device)
+    err = var = l0 = 0.0
+    mean = x.mean(0)
+    for s in range(0, x.shape[0], 4096):
+        xb = x[s : s + 4096]
+        f = sae.encode(xb)
+        x_hat = sae.decode(f)
+        err += float((x_hat - xb).double().pow(2).sum())
+        var += float((xb - mean).double().pow(2).sum())
+        l0 += float((f != 0).sum())
+    n = x.shape[0]
+    return {"fvu": err / var if var > 0 else float("nan"), "l0": l0 / n, "mse": err / n}
+
+
+class HeadSource(ActivationSource):
+    """The first `rows` rows of another source."""
+
+    def __init__(self, inner: ActivationSource, rows: int) -> None:
+        self.inner = inner
+        self.n_rows = min(rows, inner.n_rows)
+        self.d_model = inner.d_model
+        self.model, self.layer = inner.model, inner.layer
+        self.buffer_rows = inner.buffer_rows
+        sizes, left = [], self.n_rows
+        for n in inner.chunk_rows():
+            if left <= 0:
+                break
+            sizes.append(min(n, left))
+            left -= n
+        self._sizes = sizes
+
+    def chunk_rows(self) -> list[int]:
+        return list(self._sizes)
+
+    def load_chunk(self, index: int) -> Tensor:
+        return self.inner.load_chunk(index)[: self._sizes[index]]

@@ -1,0 +1,67 @@
+"""The `featurescope` command: help, one-line errors, and the whole pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+def test_help_lists_every_stage():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("harvest", "train", "eval", "export", "info", "models", "corpora"):
+        assert command in result.stdout
+    harvest_help = run_cli("harvest", "--help").stdout
+    for flag in ("--model", "--layer", "--corpus", "--tokens", "--out", "--dtype", "--ctx-len"):
+        assert flag in harvest_help
+    train_help = run_cli("train", "--help").stdout
+    for flag in ("--activations", "--arch", "--k", "--features", "--batch-size", "--epochs", "--lr", "--seed"):
+        assert flag in train_help
+
+
+def _assert_one_line_error(result, pattern: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featurescope: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def test_user_mistakes_get_one_line_errors(tmp_path, small_store):
+    _assert_one_line_error(run_cli("harvest", "--model", "nope", "--out", str(tmp_path / "a")), "unknown model")
+    _assert_one_line_error(run_cli("harvest", "--corpus", "nope", "--out", str(tmp_path / "a")), "unknown corpus")
+    _assert_one_line_error(run_cli("harvest", "--tokens", "0", "--out", str(tmp_path / "a")), "--tokens")
+    np.save(tmp_path / "r3.npy", np.zeros((2, 3, 4), dtype=np.float32))
+    _assert_one_line_error(run_cli("train", "--activations", str(tmp_path / "r3.npy"), "--out", str(tmp_path / "s")),
+                           "2-D")
+    _assert_one_line_error(run_cli("train", "--activations", str(small_store), "--arch", "nope",
+                                   "--out", str(tmp_path / "s")), "nope")
+    _assert_one_line_error(run_cli("eval", str(tmp_path / "missing"), "--activations", str(small_store)),
+                           "missing")
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_pipeline_end_to_end(tmp_path):
+    acts, sae, exported = tmp_path / "acts", tmp_path / "sae", tmp_path / "sae-saelens"
+    result = run_cli("-q", "harvest", "--tokens", "4000", "--out", str(acts), "--corpus", "wiki-fr")
+    assert result.returncode == 0, result.stderr
+    assert "4000 activation rows" in result.stdout
+    result = run_cli("-q", "train", "--activations", str(acts), "--out", str(sae), "--features", "512", "--k", "16",
+                     "--batch-size", "512", "--epochs", "4")
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads((sae / "cfg.json").read_text())
+    assert (cfg["model"], cfg["layer"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("default", 9, 640, 512, 16)
+    result = run_cli("-q", "eval", str(sae), "--activations", str(acts), "--ce-contexts", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert 0 < metrics["fvu"] < 0.6 and metrics["l0"] == pytest.approx(16, abs=0.01)
+    assert 0 < metrics["loss_recovered"] <= 1.05 and metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero"]
+    result = run_cli("export", str(sae), "--format", "saelens", "--out", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert (exported / "sae_weights.safetensors").is_file()
+    info = json.loads(run_cli("info", str(acts)).stdout)
+    assert info["n_rows"] == 4000 and info["layer"] == 9

@@ -26,7 +26,7 @@ import torch
 
 from featurescope.activations import MANIFEST, STORE_FORMAT, STORE_VERSION, ActivationStore, shard_name
 from featurescope.analysis import AnalyzeConfig, analyze
-from featurescope.analysis.analyze import batch_contexts
+from featurescope.analysis.pipeline import batch_contexts
 from featurescope.atomic import write_json, write_safetensors
 from featurescope.models import load_model
 from featurescope.sae import SAE, SAEConfig

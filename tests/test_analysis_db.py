@@ -4,7 +4,6 @@ resume after an interruption; bad inputs."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import torch
 
 from featurescope.activations import ActivationStore
 from featurescope.analysis import AnalyzeConfig, analyze
+from featurescope.analysis import pipeline as analyze_module
 from featurescope.analysis.contexts import window_start
 from featurescope.analysis.labels import detection_score
 from featurescope.errors import FeaturescopeError
@@ -25,7 +25,6 @@ from featurescope.sae import SAE, SAEConfig
 from featurescope.store import FeatureStore
 from featurescope.train import TrainConfig, train
 
-analyze_module = importlib.import_module("featurescope.analysis.analyze")  # the package exports `analyze` itself
 K, INTERVALS, PER_INTERVAL, WINDOW = 8, 10, 3, 16
 
 

@@ -225,7 +225,7 @@ def test_sparsity_coefficient_warms_up_linearly(arch, term, lam):
     for progress, weight in ((0.0, 0.0), (0.05, 0.5), (0.1, 1.0), (0.7, 1.0)):
         out = sae.training_loss(x, progress)
         expected = out.terms["mse"] + weight * lam * out.terms[term]
-        assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+        assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_topk_starts_b_dec_at_the_geometric_median():

@@ -11,7 +11,8 @@ from conftest import run_cli
 from featurescope import cli
 from featurescope.commands import steer as cli_steer
 from featurescope.steering.hook import feature_directions
-from featurescope.steering.sweep import SweepConfig, sweep, top_token_ids, write_outputs
+from featurescope.steering.plot import write_outputs
+from featurescope.steering.sweep import SweepConfig, sweep, top_token_ids
 from featurescope.store import FeatureStore
 from steering_helpers import PROMPT, make_db, orthogonal_sae
 

@@ -9,16 +9,18 @@ Folder layout (`OUT/checkpoint/`):
   training configuration, the SAE configuration and counters (tokens, elapsed seconds).
 
 A checkpoint is the tensor file that `checkpoint.json` names; a tensor file written by a run killed
-before it updated the JSON is an orphan and is deleted by the next save.
+before it updated the JSON is an orphan and is deleted by the next save, as are the temporary files of a
+write that a kill cut short. A feature-sharded run writes the same two files (rank 0, from every rank's rows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -70,26 +72,63 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, st
             optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)) for k, v in state.items()}
 
 
-def save(folder: Path, info: dict[str, Any], sae: SAE, optimizer: torch.optim.Optimizer,
-         trainer: dict[str, Tensor]) -> None:
-    """Write the state at step `info["step"]` to `folder` (tensors first, then the manifest)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    step = int(info["step"])
+def state_tensors(sae: SAE, optimizer: torch.optim.Optimizer, trainer: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every tensor of a checkpoint, by name (`sae/`, `sae_train/`, `adam/`, `trainer/`)."""
     names = {id(p): n for n, p in sae.named_parameters()}
     tensors: dict[str, Tensor] = {f"sae/{k}": v for k, v in sae.tensors().items()}
     tensors.update({f"sae_train/{k}": v for k, v in sae.training_state().items()})
     tensors.update(optimizer_tensors(optimizer, names))
     tensors.update({f"trainer/{k}": v for k, v in trainer.items()})
-    name = f"state-{step:08d}.safetensors"
-    write_safetensors(folder / name, tensors, metadata={"format": FORMAT, "step": str(step)})
+    return tensors
+
+
+def per_feature_tensor(name: str, per_feature: Collection[str]) -> bool:
+    """Whether checkpoint tensor `name` is indexed by feature along dim 0 (`per_feature`: such parameters)."""
+    group, _, rest = name.partition("/")
+    if group == "sae":
+        return rest in per_feature
+    if group == "adam":
+        param, _, key = rest.rpartition("/")
+        return param in per_feature and key in ("exp_avg", "exp_avg_sq")
+    return name == "trainer/since_fired"
+
+
+def tensor_file(step: int) -> str:
+    """Name of the tensor file of the checkpoint at `step`."""
+    return f"state-{step:08d}.safetensors"
+
+
+def tensor_metadata(step: int) -> dict[str, str]:
+    return {"format": FORMAT, "step": str(step)}
+
+
+def commit(folder: Path, info: dict[str, Any]) -> None:
+    """Point the manifest at the tensor file of step `info["step"]` (already written) and drop older files."""
+    name = tensor_file(int(info["step"]))
     write_json(folder / MANIFEST, {"format": FORMAT, "version": VERSION, **info, "tensors": name})
     for old in folder.glob("state-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp"):  # left by a process killed while writing (featurescope.atomic)
+        tmp.unlink(missing_ok=True)
 
 
-def load(folder: Path) -> Checkpoint | None:
-    """The checkpoint in `folder`, or None if there is none yet."""
+def save(folder: Path, info: dict[str, Any], sae: SAE, optimizer: torch.optim.Optimizer,
+         trainer: dict[str, Tensor]) -> None:
+    """Write the state at step `info["step"]` to `folder` (tensors first, then the manifest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    step = int(info["step"])
+    write_safetensors(folder / tensor_file(step), state_tensors(sae, optimizer, trainer),
+                      metadata=tensor_metadata(step))
+    commit(folder, info)
+
+
+def load(folder: Path, *, rows: tuple[int, int] | None = None, per_feature: Collection[str] = ()
+         ) -> Checkpoint | None:
+    """The checkpoint in `folder`, or None if there is none yet.
+
+    With `rows` = (first, end), per-feature tensors (`per_feature_tensor`) are read as those rows only.
+    """
     if not (folder / MANIFEST).is_file():
         return None
     info = read_json(folder / MANIFEST)
@@ -99,7 +138,19 @@ def load(folder: Path) -> Checkpoint | None:
         raise FeaturescopeError(f"{folder / MANIFEST}: checkpoint version {info.get('version')} is too new")
     path = folder / str(info.get("tensors", ""))
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path)) if rows is None else _load_rows(path, rows, per_feature)
     except (SafetensorError, OSError, ValueError) as e:
         raise FeaturescopeError(f"{path}: unreadable checkpoint ({e}); rerun with --overwrite") from None
     return Checkpoint(info, tensors)
+
+
+def _load_rows(path: Path, rows: tuple[int, int], per_feature: Collection[str]) -> dict[str, Tensor]:
+    first, end = rows
+    out: dict[str, Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            if per_feature_tensor(name, per_feature):
+                out[name] = f.get_slice(name)[first:end]
+            else:
+                out[name] = f.get_tensor(name)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,14 +26,20 @@ Every long command shows progress and resumes where it stopped when rerun with t
 """
 
 
+def _main_rank() -> bool:
+    """False on the ranks > 0 of a torchrun job (their summaries would repeat rank 0's)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_harvest(args: argparse.Namespace) -> int:
     from featurescope.harvest import HarvestConfig, harvest
 
     cfg = dataclass_from_args(HarvestConfig, args)
     result = harvest(cfg, progress=not args.quiet)
     state = "complete" if result.complete else "incomplete"
-    print(f"{result.path}: {result.rows} activation rows in {result.shards} shards ({state}; "
-          f"{result.new_rows} new in {result.seconds:.1f} s)")
+    if _main_rank():
+        print(f"{result.path}: {result.rows} activation rows in {result.shards} shards ({state}; "
+              f"{result.new_rows} new in {result.seconds:.1f} s)")
     return 0
 
 
@@ -42,7 +49,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(TrainConfig, args)
     result = train(cfg, progress=not args.quiet)
     metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
-    print(f"{result.path}: {result.steps} steps in {result.seconds:.1f} s; {metrics}")
+    if _main_rank():
+        print(f"{result.path}: {result.steps} steps in {result.seconds:.1f} s; {metrics}")
     return 0
 
 

@@ -58,3 +58,19 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Build `cls` from the parsed options that match its fields."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def dataclass_to_argv(obj: Any, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The options that `add_dataclass_args` parses back into `obj` (fields left at their default omitted)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.name in skip or value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv

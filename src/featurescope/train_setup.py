@@ -14,7 +14,7 @@ from featurescope.sae import SAE
 from featurescope.sae.config import ARCHITECTURES
 
 if TYPE_CHECKING:
-    from featurescope.train import Plan, TrainConfig
+    from featurescope.train_config import Plan, TrainConfig
 
 ADAM: dict[str, tuple[tuple[float, float], float]] = {
     "relu": ((0.9, 0.999), 1e-8),  # Anthropic
@@ -97,10 +97,20 @@ def check_config(cfg: TrainConfig, *, have_source: bool) -> None:
         (cfg.select_dtype in ("bfloat16", "float32"), "--select-dtype must be bfloat16 or float32"),
         (cfg.grad_clip >= 0, "--grad-clip must not be negative"),
         (cfg.max_rows is None or cfg.max_rows >= 1, "--max-rows must be positive"),
+        (cfg.distributed >= 0, f"--distributed must not be negative, got {cfg.distributed}"),
     ]
     for ok, message in checks:
         if not ok:
             raise FeaturescopeError(message)
+
+
+def check_ranks(cfg: TrainConfig, features: int, ranks: int) -> None:
+    """Reject a split of `features` features over `ranks` processes that cannot work."""
+    if cfg.shard_features and features < ranks:
+        raise FeaturescopeError(f"--shard-features needs at least one feature per rank: {features} features "
+                                f"on {ranks} ranks")
+    if cfg.dist_backend == "nccl" and pick_device(cfg.device).type != "cuda":
+        raise FeaturescopeError("--dist-backend nccl needs CUDA GPUs; use gloo (or auto) on the CPU")
 
 
 def param_groups(sae: SAE, cfg: TrainConfig) -> list[dict[str, Any]]:

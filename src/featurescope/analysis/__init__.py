@@ -5,10 +5,10 @@
 `explain_db` adds scored LLM explanations to an existing database.
 """
 
-from featurescope.analysis.analyze import AnalyzeConfig, AnalyzeResult, analyze
 from featurescope.analysis.explain import Explainer, LocalChat, OpenAIChat, explain_feature
 from featurescope.analysis.explain_all import ExplainConfig, ExplainResult, explain_db
 from featurescope.analysis.labels import Detection, detection_score
+from featurescope.analysis.pipeline import AnalyzeConfig, AnalyzeResult, analyze
 from featurescope.analysis.search import FeatureHit, TextSearch, search_text
 
 __all__ = [

@@ -32,7 +32,7 @@ def _print(obj: Any, args: argparse.Namespace, renderable: Any = None) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from featurescope.analysis.analyze import AnalyzeConfig, analyze
+    from featurescope.analysis.pipeline import AnalyzeConfig, analyze
 
     cfg = dataclass_from_args(AnalyzeConfig, args)
     r = analyze(cfg, progress=not args.quiet)
@@ -133,8 +133,8 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the analysis subcommands to the `featurescope` parser."""
-    from featurescope.analysis.analyze import AnalyzeConfig
     from featurescope.analysis.explain_all import ExplainConfig
+    from featurescope.analysis.pipeline import AnalyzeConfig
     from featurescope.store import TOP_BY
 
     add_dataclass_args(add_command(sub, "analyze", "analyse every feature of an SAE and write the feature database",

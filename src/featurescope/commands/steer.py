@@ -146,7 +146,8 @@ def _print_sweep(result: Any, paths: tuple[Any, Any]) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from featurescope.cli_args import dataclass_from_args
     from featurescope.steering.hook import load_max_acts
-    from featurescope.steering.sweep import SweepConfig, result_json, sweep, write_outputs
+    from featurescope.steering.plot import write_outputs
+    from featurescope.steering.sweep import SweepConfig, result_json, sweep
     from featurescope.steering.values import check_feature, open_feature_store, parse_values
 
     cfg = dataclass_from_args(SweepConfig, args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
 from featurescope.sae.config import SAEConfig
+from featurescope.sae.parallel import LOCAL, Parallel
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -51,6 +53,10 @@ class SAE(nn.Module):
 
     architecture: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[SAE]]] = {}
+    folder_reader: ClassVar[Callable[..., SAE] | None] = None
+    """What `load` calls: `featurescope.sae.io.load_any`, set when `featurescope.sae` is imported."""
+    parallel: Parallel = LOCAL
+    """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,7 +115,7 @@ class SAE(nn.Module):
     def pre_acts(self, x_norm: Tensor) -> Tensor:
         """Encoder pre-activations from normalised input."""
         if self.cfg.apply_b_dec_to_input:
-            x_norm = x_norm - self.b_dec
+            x_norm = self.parallel.feature_input(x_norm - self.b_dec)
         return x_norm @ self.W_enc_rows.T + self.b_enc
 
     def activation(self, pre: Tensor) -> Tensor:
@@ -208,9 +214,9 @@ class SAE(nn.Module):
     @staticmethod
     def load(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         """Load an SAE folder: ours, SAELens' or EleutherAI sparsify's (told apart by content)."""
-        from featurescope.sae.io import load_any
-
-        return load_any(Path(path), device=device)
+        if SAE.folder_reader is None:
+            raise FeaturescopeError("no SAE folder reader: import featurescope.sae, not featurescope.sae.base alone")
+        return SAE.folder_reader(Path(path), device=device)
 
     @staticmethod
     def from_tensors(cfg: SAEConfig, tensors: dict[str, Tensor]) -> SAE:

@@ -109,18 +109,19 @@ class JumpReLUSAE(SAE):
         return pre * (pre > self.threshold)
 
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
+        par = self.parallel
         pre = self.pre_acts(x_norm)
         theta = self.threshold
         f = jumprelu(pre, theta, self.bandwidth)
-        x_hat = f @ self.W_dec + self.b_dec
-        mse = (x_hat - x_norm).pow(2).sum(-1).mean()
-        l0_soft = step(pre, theta, self.bandwidth).sum(-1).mean()
+        x_hat = par.features_sum(f @ self.W_dec) + self.b_dec
+        mse = par.row_mean((x_hat - x_norm).pow(2).sum(-1))
+        l0_soft = par.row_mean(par.features_sum(step(pre, theta, self.bandwidth).sum(-1)))
         coef = self.l0_coefficient * (min(1.0, progress / self.warmup) if self.warmup > 0 else 1.0)
         loss = mse + coef * l0_soft
         with torch.no_grad():
             active = f > 0
             fired = active.any(0)
-            l0 = active.sum().float() / x_norm.shape[0]
+            l0 = active.sum().float() / par.rows(x_norm.shape[0])
         return LossOutput(loss, x_hat, l0, fired, {"mse": mse.detach(), "l0_penalty": l0_soft.detach()})
 
     def before_step(self) -> None:

@@ -140,28 +140,110 @@ def sparse_sum(values: Tensor, W: Tensor, pattern: Pattern) -> Tensor:
     return _SparseSum.apply(values, W, pattern)
 
 
-def topk_rows(scores: Tensor, k: int) -> Tensor:
-    """Indices [n, k] of the k largest entries of each row of `scores` [n, m] (unordered)."""
-    return scores.topk(k, dim=-1, sorted=False).indices
+@torch.no_grad()
+def select_scores(x: Tensor, W: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """Selection pre-activations x @ Wᵀ + b written into `out` [n, m], in `out`'s dtype (no autograd)."""
+    dt = out.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        torch.addmm(b.detach().to(dt), x.detach().to(dt), W.detach().to(dt).T, out=out)
+    return out
 
 
-def topk_flat(scores: Tensor, K: int, block: int = 16) -> Tensor:
-    """Flat indices of the K largest entries of `scores` (any shape), exact up to ties.
+TIE_SLACK = 8
+"""Blocks beyond k that the two-stage row top-k reads, so that ties at the k-th value rarely lie past them."""
 
-    Two-stage: the K largest entries all lie in the K blocks (of `block` consecutive entries) with the
-    largest maxima, so a top-K over the block maxima and one over their entries replace a top-K over
-    everything (~6x faster on CPU for K = 32k of 8M).
+
+def topk_rows(scores: Tensor, k: int, blocks: int = 16) -> Tensor:
+    """Indices [n, k] of the k largest entries of each row of `scores` [n, m] (unordered).
+
+    Ties at the k-th value go to the lowest columns, so the choice depends on the scores alone and a
+    feature-sharded run makes the same one (bfloat16 selection scores tie often). Two-stage when m splits
+    into `blocks` slices: block j is columns j, j + m/blocks, j + 2m/blocks, ...; the k + TIE_SLACK blocks
+    with the largest maxima hold every entry ≥ the k-th value unless the last of them reaches it too
+    (those rows are redone over every column).
+    """
+    n, m = scores.shape
+    if k == 0 or k >= m:
+        return scores.topk(min(k, m), dim=-1, sorted=False).indices
+    nb, width = k + TIE_SLACK, m // blocks
+    if m % blocks or width <= nb:
+        return _top_in_rows(scores, k)[0]
+    maxima = scores.view(n, blocks, width).amax(1)
+    chosen = maxima.topk(nb, dim=-1, sorted=False).indices.sort(-1).values
+    offsets = torch.arange(0, m, width, device=scores.device)
+    cols = (offsets[None, :, None] + chosen[:, None, :]).view(n, -1)  # ascending: chosen is sorted
+    pos, kth = _top_in_rows(scores.gather(-1, cols), k)
+    idx = cols.gather(-1, pos)
+    beyond = (maxima.gather(-1, chosen).amin(-1, keepdim=True) >= kth).squeeze(1)
+    if bool(beyond.any()):
+        rows = beyond.nonzero().squeeze(1)
+        idx[rows] = _top_in_rows(scores[rows], k)[0]
+    return idx
+
+
+def _top_in_rows(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """`topk_rows` over every column (k < m): the indices [n, k] and the k-th values [n, 1]."""
+    n = scores.shape[0]
+    top = scores.topk(k + 1, dim=-1, sorted=False)
+    two = top.values.topk(2, dim=-1, largest=False).values  # the (k+1)-th and k-th largest
+    kth = two[:, 1:]
+    keep = torch.ones_like(top.indices, dtype=torch.bool)
+    keep[torch.arange(n, device=keep.device), top.values.argmin(-1)] = False
+    idx = top.indices[keep].view(n, k)
+    crossed = two[:, 0] == two[:, 1]  # the k-th value also occurs outside the top k
+    if bool(crossed.any()):
+        rows = crossed.nonzero().squeeze(1)
+        idx[rows] = _lowest_ties(scores[rows], kth[rows], k)
+    return idx, kth
+
+
+def _lowest_ties(scores: Tensor, kth: Tensor, k: int) -> Tensor:
+    """Per row: the columns above `kth` [n, 1], then the lowest columns equal to it, k in all ([n, k], sorted)."""
+    keep = scores > kth
+    ties = scores == kth
+    need = k - keep.sum(-1)
+    rows, cols = ties.nonzero(as_tuple=True)
+    counts = ties.sum(-1)
+    rank = torch.arange(rows.numel(), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    take = rank < need[rows]
+    keep[rows[take], cols[take]] = True
+    return keep.nonzero()[:, 1].view(-1, k)
+
+
+def topk_flat(scores: Tensor, K: int, blocks: int = 16) -> Tensor:
+    """Flat indices of the K largest entries of `scores` (any shape; unordered).
+
+    Ties at the K-th value go to the lowest flat indices, as in `topk_rows`. Two-stage, with blocks as in
+    `topk_rows` over the flat entries: a top-K over the block maxima and one over the entries of the
+    K + K/8 best blocks replace a top-K over everything (~6x faster on CPU for K = 32k of 8M); if the
+    last block read reaches the K-th value, every entry is used.
     """
     flat = scores.reshape(-1)
     n = flat.numel()
     K = min(K, n)
-    if n % block or n // block < K:
-        return flat.topk(K, sorted=False).indices
-    block_max = flat.view(-1, block).amax(-1)
-    blocks = block_max.topk(K, sorted=False).indices
-    cand = (blocks[:, None] * block + torch.arange(block, device=flat.device)).view(-1)
-    pick = flat[cand].topk(K, sorted=False).indices
-    return cand[pick]
+    nb, width = K + max(TIE_SLACK, K // 8), n // blocks
+    if K in (0, n) or n % blocks or width <= nb:
+        return _top_in_flat(flat, K)[0]
+    maxima = flat.view(blocks, width).amax(0)
+    chosen = maxima.topk(nb, sorted=False).indices.sort().values
+    cand = (torch.arange(0, n, width, device=flat.device)[:, None] + chosen).view(-1)
+    pos, kth = _top_in_flat(flat[cand], K)
+    if bool(maxima[chosen].amin() >= kth):
+        return _top_in_flat(flat, K)[0]
+    return cand[pos]
+
+
+def _top_in_flat(flat: Tensor, K: int) -> tuple[Tensor, Tensor]:
+    """`topk_flat` over every entry of `flat` [n] (K ≤ n): the indices and the K-th value."""
+    top = flat.topk(K, sorted=False)
+    if K in (0, flat.numel()):
+        return top.indices, flat.new_full((), float("-inf"))
+    kth = top.values.amin()
+    if int((flat >= kth).sum()) == K:
+        return top.indices, kth
+    above = (flat > kth).nonzero().squeeze(1)
+    ties = (flat == kth).nonzero().squeeze(1)[: K - above.numel()]
+    return torch.cat([above, ties]), kth
 
 
 def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-8) -> Tensor:

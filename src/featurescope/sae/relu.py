@@ -42,15 +42,16 @@ class ReLUSAE(SAE):
         return pre.relu()
 
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
+        par = self.parallel
         f = self.pre_acts(x_norm).relu()
-        x_hat = f @ self.W_dec + self.b_dec
-        mse = (x_hat - x_norm).pow(2).sum(-1).mean()
-        l1 = (f @ self.W_dec.norm(dim=1)).mean()
+        x_hat = par.features_sum(f @ self.W_dec) + self.b_dec
+        mse = par.row_mean((x_hat - x_norm).pow(2).sum(-1))
+        l1 = par.row_mean(par.features_sum(f @ self.W_dec.norm(dim=1)))
         coef = self.l1_coefficient * (min(1.0, progress / self.warmup) if self.warmup > 0 else 1.0)
         loss = mse + coef * l1
         with torch.no_grad():
             active = f > 0
             fired = active.any(0)
-            l0 = active.sum().float() / x_norm.shape[0]
+            l0 = active.sum().float() / par.rows(x_norm.shape[0])
         return LossOutput(loss, x_hat, l0, fired, {"mse": mse.detach(), "l1": l1.detach()})
 

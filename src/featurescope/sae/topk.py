@@ -19,7 +19,8 @@ from torch import Tensor
 from featurescope.sae.base import SAE, LossOutput, SparseCodes
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.init import normalize_rows, remove_parallel_grad, tied_init
-from featurescope.sae.kernels import Pattern, geometric_median, sparse_dot, sparse_sum, topk_flat, topk_rows
+from featurescope.sae.kernels import Pattern, geometric_median, select_scores, sparse_dot, sparse_sum
+from featurescope.sae.parallel import row_pattern
 
 AUXK_COEFFICIENT = 1 / 32
 """OpenAI's weight of the AuxK loss."""
@@ -72,7 +73,7 @@ class TopKSAE(SAE):
 
     # -- training ----------------------------------------------------------------------------
     def _centered(self, x_norm: Tensor) -> Tensor:
-        return x_norm - self.b_dec if self.cfg.apply_b_dec_to_input else x_norm
+        return self.parallel.feature_input(x_norm - self.b_dec) if self.cfg.apply_b_dec_to_input else x_norm
 
     @torch.no_grad()
     def _selection_scores(self, x_c: Tensor) -> Tensor:
@@ -82,12 +83,10 @@ class TopKSAE(SAE):
         buf = self._scores
         if buf is None or buf.shape != (n, self.d_sae) or buf.dtype != dt or buf.device != x_c.device:
             buf = self._scores = torch.empty(n, self.d_sae, dtype=dt, device=x_c.device)
-        w = self.W_enc_rows.detach().to(dt)
-        torch.addmm(self.b_enc.detach().to(dt), x_c.detach().to(dt), w.T, out=buf)
-        return buf
+        return select_scores(x_c, self.W_enc_rows, self.b_enc, buf)
 
     def _select(self, x_c: Tensor) -> Pattern:
-        return Pattern.from_topk(topk_rows(self._selection_scores(x_c), self.k))
+        return row_pattern(self.parallel.row_top(self._selection_scores(x_c), self.k))
 
     def train(self, mode: bool = True) -> TopKSAE:
         """Switch training mode; leaving it frees the selection buffer."""
@@ -96,22 +95,23 @@ class TopKSAE(SAE):
         return super().train(mode)
 
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
+        par = self.parallel
         x_c = self._centered(x_norm)
         pattern = self._select(x_c)
         values = sparse_dot(x_c, self.W_enc_rows, self.b_enc, pattern).relu()
-        x_hat = sparse_sum(values, self.W_dec, pattern) + self.b_dec
+        x_hat = par.features_sum(sparse_sum(values, self.W_dec, pattern)) + self.b_dec
         self._after_selection(values)
-        mse = (x_hat - x_norm).pow(2).sum(-1).mean()
+        mse = par.row_mean((x_hat - x_norm).pow(2).sum(-1))
         auxk = self._auxk_loss(x_c, (x_norm - x_hat).detach(), dead)
         loss = mse
         if auxk is not None:  # OpenAI: α · NMSE(ê, e) next to the FVU, i.e. α · NMSE · variance next to the MSE
-            variance = (x_norm - x_norm.mean(0)).pow(2).sum(-1).mean().detach()
+            variance = par.batch_variance(x_norm).detach()
             loss = mse + self.auxk_coefficient * auxk * variance
         with torch.no_grad():
             active = values > 0
             fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x_norm.device)
             fired[pattern.cols[active]] = True
-            l0 = active.sum().float() / x_norm.shape[0]
+            l0 = active.sum().float() / par.rows(x_norm.shape[0])
         terms = {"mse": mse.detach()}
         if auxk is not None:
             terms["auxk"] = auxk.detach()
@@ -124,18 +124,26 @@ class TopKSAE(SAE):
         """AuxK: how badly the top-k_aux dead latents reconstruct the residual e = x − x̂ (‖e − ê‖² / ‖e‖²)."""
         if dead is None or self.auxk_coefficient == 0:
             return None
+        par = self.parallel
         dead_idx = dead.nonzero().squeeze(1)
-        n_dead = dead_idx.numel()
+        n_dead = int(par.features_total(torch.tensor(dead_idx.numel(), device=dead.device)))
         if n_dead == 0:
             return None
         pre = torch.addmm(self.b_enc[dead_idx], x_c, self.W_enc_rows[dead_idx].T)
         if self.k_aux < n_dead:
-            top = pre.topk(self.k_aux, dim=-1, sorted=False)
-            acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+            top = par.row_top(pre.detach(), self.k_aux)
+            if top.keep is None:
+                acts = torch.zeros_like(pre).scatter(-1, top.indices, pre.gather(-1, top.indices).relu())
+            elif pre.shape[1]:  # another shard's entries add 0 at column 0
+                idx = torch.where(top.keep, top.indices, 0)
+                picked = pre.gather(-1, idx).relu() * top.keep
+                acts = torch.zeros_like(pre).scatter_add(-1, idx, picked)
+            else:  # no dead features on this shard
+                acts = pre
         else:
             acts = pre.relu()
-        e_hat = acts @ self.W_dec[dead_idx]
-        return (e_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
+        e_hat = par.features_sum(acts @ self.W_dec[dead_idx])
+        return (e_hat - residual).pow(2).sum() / par.rows_sum(residual.pow(2).sum()).clamp_min(1e-12)
 
     def before_step(self) -> None:
         remove_parallel_grad(self.W_dec)
@@ -166,16 +174,17 @@ class BatchTopKSAE(TopKSAE):
     def _select(self, x_c: Tensor) -> Pattern:
         scores = self._selection_scores(x_c)
         n = x_c.shape[0]
-        flat = topk_flat(scores, self.k * n)
+        flat = self.parallel.top_k_flat(scores, self.k * self.parallel.rows(n))
         flat = flat[scores.view(-1)[flat] > 0]
         return Pattern.from_flat(flat, self.d_sae, n)
 
     @torch.no_grad()
     def _after_selection(self, values: Tensor) -> None:
         positive = values[values > 0]
-        if positive.numel() == 0:
+        smallest = positive.min() if positive.numel() else values.new_full((), float("inf"))
+        smallest = self.parallel.all_min(smallest).to(self.threshold.dtype)
+        if not bool(torch.isfinite(smallest)):
             return
-        smallest = positive.min().to(self.threshold.dtype)
         self.threshold_updates += 1
         rate = max(1.0 / float(self.threshold_updates), THRESHOLD_EMA)
         self.threshold.mul_(1 - rate).add_(rate * smallest)

@@ -1,13 +1,23 @@
-"""The steer-sweep plot: one self-contained HTML page (plotly, its JavaScript embedded; works offline)."""
+"""The steer-sweep outputs: its JSON and one self-contained HTML plot (plotly, its JavaScript embedded; offline)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
+from featurescope.atomic import write_json, write_text
 from featurescope.errors import FeaturescopeError
+from featurescope.steering.sweep import SweepResult, result_json
 
-if TYPE_CHECKING:
-    from featurescope.steering.sweep import SweepResult
+
+def write_outputs(result: SweepResult, out: str | Path) -> tuple[Path, Path]:
+    """Write OUT/feature_N.json and OUT/feature_N.html (a plotly page with its JS embedded); return both paths."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FeaturescopeError(f"{out} exists and is not a folder")
+    json_path, html_path = out / f"feature_{result.feature}.json", out / f"feature_{result.feature}.html"
+    write_json(json_path, result_json(result))
+    write_text(html_path, sweep_html(result))
+    return json_path, html_path
 
 
 def sweep_html(result: SweepResult) -> str:

@@ -17,7 +17,6 @@ import itertools
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -239,16 +238,3 @@ def result_json(result: SweepResult) -> dict[str, Any]:
         "rows": [{k: _nan_none(v) for k, v in row._asdict().items()} for row in result.rows],
     }
 
-
-def write_outputs(result: SweepResult, out: str | Path) -> tuple[Path, Path]:
-    """Write OUT/feature_N.json and OUT/feature_N.html (a plotly page with its JS embedded); return both paths."""
-    from featurescope.atomic import write_json, write_text
-    from featurescope.steering.plot import sweep_html
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FeaturescopeError(f"{out} exists and is not a folder")
-    json_path, html_path = out / f"feature_{result.feature}.json", out / f"feature_{result.feature}.html"
-    write_json(json_path, result_json(result))
-    write_text(html_path, sweep_html(result))
-    return json_path, html_path

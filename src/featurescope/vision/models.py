@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
+from featurescope.language_model import Capture, LanguageModel, StopForward, default_device, resolve_dtype
 from featurescope.model_cache import BUILTIN_MODELS
-from featurescope.models import LanguageModel, _Capture, _resolve_dtype, _StopForward, default_device
 from featurescope.vision.inputs import Limit
 from featurescope.vision.layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
 
@@ -177,11 +177,11 @@ class VisionLanguageModel(LanguageModel):
     def residual_inputs(self, inputs: dict[str, Tensor], layer: int) -> Tensor:
         """Residual stream after block `layer` for processor inputs, [batch, seq, d_model]; later blocks never run."""
         self.check_layer(layer)
-        capture = _Capture(stop=True)
+        capture = Capture(stop=True)
         handle = self.blocks[layer].register_forward_hook(capture)
         try:
             self.hf(**inputs, use_cache=False)
-        except _StopForward:
+        except StopForward:
             pass
         finally:
             handle.remove()
@@ -218,7 +218,7 @@ def load_vision_model(name: str, *, device: str = "auto", dtype: str | torch.dty
         if getattr(config, "vision_config", None) is None:
             raise _text_only(name, str(getattr(config, "model_type", "unknown")))
         processor = AutoProcessor.from_pretrained(folder)
-        hf_model = AutoModelForImageTextToText.from_pretrained(folder, dtype=_resolve_dtype(dtype, device))
+        hf_model = AutoModelForImageTextToText.from_pretrained(folder, dtype=resolve_dtype(dtype, device))
     except OSError as e:
         where = "from the Hugging Face hub" if source.startswith("hub:") else f"from {folder}"
         raise FeaturescopeError(f"cannot load {name!r} {where}: {str(e).splitlines()[0]}") from None

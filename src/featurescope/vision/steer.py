@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
-from featurescope.models import LanguageModel
+from featurescope.language_model import LanguageModel
 from featurescope.sae import SAE
 from featurescope.steering.generate import Generation, decode, generation_kwargs
 from featurescope.steering.hook import attach, make_hook

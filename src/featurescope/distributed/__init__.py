@@ -1,0 +1,12 @@
+"""Training and harvesting on several processes with torch.distributed (torchrun); see docs/distributed.md.
+
+- `world`: the process group (torchrun's variables), tensor collectives, JSON metadata in uint8 tensors.
+- `ddp`: data parallelism (each rank trains on its slice of every global batch).
+- `feature_shard`: feature sharding (each rank holds a slice of the features) for very wide SAEs.
+- `topk`: global top-k selections over candidates spread across ranks.
+- `shard_io`: one ordinary safetensors file written by rank 0 from every rank's rows.
+- `harvest_shard`: harvest with each rank running the model over its own shards of the corpus.
+- `launch`: `--distributed N` starts N local ranks (torchrun --standalone).
+
+Nothing here is imported by a single-process run.
+"""

@@ -1,0 +1,230 @@
+"""What `featurescope harvest` writes, shared by the one-process and the sharded harvest: its settings
+(`HarvestConfig`), the store's manifest and its shards (each written atomically, then recorded).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from featurescope import __version__
+from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
+from featurescope.atomic import read_json, write_json, write_safetensors
+from featurescope.cli_args import option
+from featurescope.corpus import TextSource, open_corpus
+from featurescope.errors import FeaturescopeError
+from featurescope.model_cache import DEFAULT_LAYERS
+from featurescope.models import LanguageModel, load_model
+
+# Settings that must match for a rerun to continue an existing store.
+IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts")
+
+
+@dataclass
+class HarvestConfig:
+    """Settings of `featurescope harvest`."""
+
+    out: str = option("", "folder of the activation store (created; rerun the same command to resume)",
+                      required=True)
+    model: str = option("default", "built-in name, local folder, .gguf file or hub id")
+    layer: int | None = option(None, "block whose output is read, 0-based (Gemma 3 270M: 9; else the middle one)")
+    corpus: str = option("wiki-en", "wiki-en|fr|es, bible-<codes>, a .txt/.jsonl file or folder, hf:NAME")
+    tokens: int = option(1_000_000, "activation rows to store (BOS/special positions are not rows)")
+    ctx_len: int = option(128, "tokens per context, BOS first")
+    batch_size: int = option(8, "contexts per forward pass")
+    dtype: str = option("bfloat16", "storage dtype", choices=tuple(DTYPES))
+    shard_contexts: int = option(512, "contexts per shard file (the resume granularity)")
+    seed: int = option(0, "seed of the corpus' document order")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    model_dtype: str = option("auto", "compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
+    overwrite: bool = option(False, "delete an existing store of other settings in OUT first")
+    distributed: int = option(0, "start N local ranks (torchrun --standalone); under torchrun the ranks are its own")
+    dist_backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, else gloo)",
+                               choices=("auto", "nccl", "gloo"))
+
+
+class HarvestResult(NamedTuple):
+    """What `harvest` did."""
+
+    path: Path
+    rows: int
+    new_rows: int
+    shards: int
+    seconds: float
+    complete: bool
+
+
+def _identity(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in IDENTITY}
+
+
+def validate(cfg: HarvestConfig) -> None:
+    if not cfg.out:
+        raise FeaturescopeError("no output folder given (--out)")
+    if cfg.tokens <= 0:
+        raise FeaturescopeError(f"--tokens must be positive (got {cfg.tokens})")
+    if cfg.ctx_len < 2:
+        raise FeaturescopeError(f"--ctx-len must be at least 2 (got {cfg.ctx_len})")
+    if cfg.batch_size <= 0 or cfg.shard_contexts <= 0:
+        raise FeaturescopeError("--batch-size and --shard-contexts must be positive")
+    if cfg.distributed < 0:
+        raise FeaturescopeError(f"--distributed must be 0 or more (got {cfg.distributed})")
+    if cfg.dtype not in DTYPES:
+        raise FeaturescopeError(f"unknown storage dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FeaturescopeError(f"{out}: exists and is not a folder")
+
+
+def _new_manifest(cfg: HarvestConfig, model: LanguageModel, layer: int, licence: str) -> dict[str, Any]:
+    return {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "featurescope_version": __version__,
+        "model": cfg.model,
+        "model_source": model.source,
+        "model_family": model.family,
+        "n_layers": model.n_layers,
+        "layer": layer,
+        "hook": f"blocks.{layer}.output",
+        "d_model": model.d_model,
+        "dtype": cfg.dtype,
+        "ctx_len": cfg.ctx_len,
+        "corpus": cfg.corpus,
+        "corpus_licence": licence,
+        "seed": cfg.seed,
+        "shard_contexts": cfg.shard_contexts,
+        "bos_id": model.bos_id,
+        "special_token_ids": sorted(model.special_ids),
+        "tokens_requested": cfg.tokens,
+        "complete": False,
+        "exhausted": False,
+        "shards": [],
+        "stats": {"rows": 0, "sum_norm": 0.0, "excluded_positions": 0, "excluded_sum_norm": 0.0},
+        "config": asdict(cfg),
+    }
+
+
+def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to continue from: `fresh` for a new store, else the existing one, checked and trimmed."""
+    if not (out / MANIFEST).exists():
+        return fresh
+    old = read_json(out / MANIFEST)
+    if old.get("format") != STORE_FORMAT:
+        raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; choose another --out")
+    if _identity(old) != _identity(fresh):
+        diff = ", ".join(f"{k} {old.get(k)!r} vs {fresh.get(k)!r}" for k in IDENTITY if old.get(k) != fresh.get(k))
+        raise FeaturescopeError(
+            f"{out}: holds a harvest with other settings ({diff}); use another --out or --overwrite"
+        )
+    rows = sum(s["rows"] for s in old["shards"])
+    if rows > cfg.tokens:
+        raise FeaturescopeError(f"{out}: already holds {rows} rows, more than --tokens {cfg.tokens}")
+    if old["shards"] and old["shards"][-1].get("partial") and rows < cfg.tokens:
+        dropped = old["shards"].pop()  # ends mid-context: redo it with the larger budget
+        for key in ("rows", "sum_norm", "excluded_positions", "excluded_sum_norm"):
+            old["stats"][key] -= dropped["stats"][key]
+    old["tokens_requested"] = cfg.tokens
+    old["complete"] = False
+    old["config"] = asdict(cfg)
+    return old
+
+
+def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
+    """Delete shard files the manifest does not record (a run killed between a shard and its manifest)."""
+    keep = {s["file"] for s in manifest["shards"]}
+    for f in itertools.chain(out.glob("shard-*.safetensors"), out.glob(".shard-*.tmp"), out.glob(f".{MANIFEST}.*")):
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
+
+
+def open_inputs(cfg: HarvestConfig, model: LanguageModel | None, device: str
+                ) -> tuple[LanguageModel, int, TextSource, dict[str, Any]]:
+    """The model, the resolved layer, the corpus and a fresh manifest of `cfg`."""
+    source = open_corpus(cfg.corpus, seed=cfg.seed)
+    model = model or load_model(cfg.model, device=device, dtype=cfg.model_dtype)
+    default_layer = DEFAULT_LAYERS.get(cfg.model, model.n_layers // 2)
+    layer = model.check_layer(cfg.layer if cfg.layer is not None else default_layer)
+    return model, layer, source, _new_manifest(cfg, model, layer, source.licence)
+
+
+def begin_store(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """Create or check the store folder and return the manifest to continue from (strays deleted)."""
+    manifest = _prepare(cfg, out, fresh)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_strays(out, manifest)
+    return manifest
+
+
+def clear_store(cfg: HarvestConfig, out: Path) -> None:
+    """With --overwrite, delete the store in `out` (shards and manifest)."""
+    if cfg.overwrite and (out / MANIFEST).exists():
+        for f in itertools.chain(out.glob("shard-*.safetensors"), [out / MANIFEST]):
+            f.unlink(missing_ok=True)
+
+
+def no_text(cfg: HarvestConfig) -> FeaturescopeError:
+    """The error of a corpus with not even one context."""
+    return FeaturescopeError(f"corpus {cfg.corpus} holds no text (or less than one context of {cfg.ctx_len} tokens)")
+
+
+def ran_out(cfg: HarvestConfig, out: Path, manifest: dict[str, Any], rows: int) -> None:
+    """Record that the corpus ended before `--tokens` rows (the store is complete) and say so."""
+    manifest["exhausted"] = manifest["complete"] = True
+    write_json(out / MANIFEST, manifest)
+    print(f"featurescope: corpus {cfg.corpus} ran out after {rows} rows (asked for {cfg.tokens})", file=sys.stderr)
+
+
+def special_ids(model: LanguageModel) -> torch.Tensor:
+    """Token ids that are never rows (the model's special tokens), as a tensor for `torch.isin`."""
+    return torch.tensor(sorted(model.special_ids) or [-1], dtype=torch.long)
+
+
+def write_shard(out: Path, index: int, tensors: dict[str, torch.Tensor], stats: dict[str, Any], partial: bool,
+                contexts: int) -> dict[str, Any]:
+    """Write shard `index` atomically; its manifest record."""
+    name = shard_name(index)
+    write_safetensors(out / name, tensors, metadata={"format": STORE_FORMAT})
+    return {"file": name, "rows": stats["rows"], "contexts": contexts, "bytes": (out / name).stat().st_size,
+            "partial": partial, "stats": stats}
+
+
+def add_shard(manifest: dict[str, Any], record: dict[str, Any]) -> None:
+    """Append a shard record to the manifest and its totals."""
+    manifest["shards"].append(record)
+    for key, value in record["stats"].items():
+        manifest["stats"][key] += value
+
+
+def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budget: int, cfg: HarvestConfig,
+                  special: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """Run the model over one shard's contexts; keep at most `budget` non-special positions."""
+    tokens = torch.tensor(ctxs, dtype=torch.long)
+    mask = ~torch.isin(tokens, special)
+    over = torch.cumsum(mask.flatten().long(), 0).view_as(mask) > budget
+    mask &= ~over
+    stats: dict[str, Any] = {"rows": 0, "sum_norm": 0.0, "excluded_positions": 0, "excluded_sum_norm": 0.0}
+    acts = []
+    n_ctx = int(mask.any(dim=1).nonzero().max()) + 1 if mask.any() else 0
+    for s in range(0, n_ctx, cfg.batch_size):
+        ids, m = tokens[s : min(n_ctx, s + cfg.batch_size)], mask[s : min(n_ctx, s + cfg.batch_size)]
+        resid = model.residual(ids, layer).float().cpu()
+        kept = resid[m]
+        norms = resid.norm(dim=-1)
+        excluded = torch.isin(ids, special)
+        stats["rows"] += int(m.sum())
+        stats["sum_norm"] += float(norms[m].sum())
+        stats["excluded_positions"] += int(excluded.sum())
+        stats["excluded_sum_norm"] += float(norms[excluded].sum())
+        acts.append(kept.to(DTYPES[cfg.dtype]))
+    tensors = {
+        "acts": torch.cat(acts) if acts else torch.zeros(0, model.d_model, dtype=DTYPES[cfg.dtype]),
+        "tokens": tokens[:n_ctx].to(torch.int32),
+        "mask": mask[:n_ctx].to(torch.uint8),
+    }
+    return tensors, stats, bool(over.any())

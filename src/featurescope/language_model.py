@@ -1,0 +1,242 @@
+"""The LanguageModel wrapper: read or replace a causal LM's residual stream after block L.
+
+`featurescope.models.load_model` builds one by name; `featurescope.vision.models.VisionLanguageModel`
+extends it for image-text-to-text models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from featurescope.errors import FeaturescopeError
+
+_BLOCK_PATHS = (
+    "model.layers",  # Llama, Gemma, Gemma 3, Qwen, Mistral, Phi-3
+    "model.language_model.layers",  # multimodal wrappers (Gemma 3, LLaVA-style) in transformers 5
+    "model.text_model.layers",  # SmolVLM / Idefics3
+    "language_model.model.layers",
+    "transformer.h",  # GPT-2, GPT-J, Bloom
+    "gpt_neox.layers",  # Pythia
+    "model.decoder.layers",  # OPT
+)
+_NORM_PATHS = (
+    "model.norm",
+    "model.language_model.norm",
+    "model.text_model.norm",
+    "language_model.model.norm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.decoder.final_layer_norm",
+)
+
+
+def _get(obj: object, dotted: str) -> object | None:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+class StopForward(Exception):
+    """Raised by `Capture` to end a forward pass after the block of interest."""
+
+
+class Capture:
+    """Forward hook that records a block's output hidden states and, optionally, stops the forward pass."""
+
+    def __init__(self, stop: bool) -> None:
+        self.stop = stop
+        self.output: Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: object, output: object) -> None:
+        self.output = output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+        if self.stop:
+            raise StopForward
+
+
+class _Replace:
+    """Forward hook that passes a block's output hidden states through `edit` and returns the result."""
+
+    def __init__(self, edit: Callable[[Tensor], Tensor]) -> None:
+        self.edit = edit
+
+    def __call__(self, module: nn.Module, args: object, output: object) -> object:
+        if isinstance(output, tuple):
+            return (self.edit(output[0]), *output[1:])
+        return self.edit(output)  # type: ignore[arg-type]
+
+
+@dataclass
+class ModelInfo:
+    """What later stages record about the model an artefact came from."""
+
+    name: str
+    source: str
+    family: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+
+
+class LanguageModel:
+    """A causal LM with its tokenizer, and access to the residual stream after each block.
+
+    Layers are 0-based block indices: `residual(ids, 9)` is the output of block 9 (SAELens'
+    `blocks.9.hook_resid_post`).
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer: object, name: str, source: str) -> None:
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        cfg = hf_model.config
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self.config = text_cfg
+        self.blocks = self._find_blocks()
+        self.n_layers = len(self.blocks)
+        self.d_model = int(getattr(text_cfg, "hidden_size", 0) or getattr(text_cfg, "n_embd", 0))
+        self.family = str(getattr(text_cfg, "model_type", type(hf_model).__name__))
+
+    # -- structure ---------------------------------------------------------------------------
+    def _find_blocks(self) -> nn.ModuleList:
+        for path in _BLOCK_PATHS:
+            blocks = _get(self.hf, path)
+            if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+                return blocks
+        n = getattr(self.config, "num_hidden_layers", None) or getattr(self.config, "n_layer", None)
+        for module in self.hf.modules():
+            if isinstance(module, nn.ModuleList) and n and len(module) == n:
+                return module
+        raise FeaturescopeError(f"cannot find the transformer blocks of {type(self.hf).__name__}")
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        """The norm applied to the residual stream before the unembedding (None if not found)."""
+        for path in _NORM_PATHS:
+            module = _get(self.hf, path)
+            if isinstance(module, nn.Module):
+                return module
+        return None
+
+    @property
+    def unembed(self) -> Tensor:
+        """The unembedding matrix W_U as [vocab, d_model]."""
+        head = self.hf.get_output_embeddings()
+        if head is None:
+            raise FeaturescopeError(f"{self.name} has no output embedding")
+        return head.weight
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name, source=self.source, family=self.family, n_layers=self.n_layers,
+            d_model=self.d_model, vocab_size=int(self.unembed.shape[0]),
+        )
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Token ids of special tokens (BOS, EOS, padding, ...), whose activations are outliers."""
+        ids = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self.tokenizer, attr, None)
+            if isinstance(value, int):
+                ids.add(value)
+        return ids
+
+    @property
+    def bos_id(self) -> int | None:
+        """The id put first in every context (BOS, else EOS for models without BOS)."""
+        for attr in ("bos_token_id", "eos_token_id"):
+            value = getattr(self.tokenizer, attr, None)
+            if isinstance(value, int):
+                return value
+        return None
+
+    def check_layer(self, layer: int) -> int:
+        """Return `layer` if it is a valid block index, else raise a clear error."""
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise FeaturescopeError(f"layer {layer} is out of range: {self.name} has blocks 0..{self.n_layers - 1}")
+        return layer
+
+    # -- forward passes ------------------------------------------------------------------------
+    def _inputs(self, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, Tensor]:
+        inputs = {"input_ids": input_ids.to(self.device)}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask.to(self.device)
+        return inputs
+
+    @torch.inference_mode()
+    def residual(self, input_ids: Tensor, layer: int, attention_mask: Tensor | None = None) -> Tensor:
+        """Residual stream after block `layer`, [batch, seq, d_model]; later blocks and the head never run."""
+        self.check_layer(layer)
+        capture = Capture(stop=True)
+        handle = self.blocks[layer].register_forward_hook(capture)
+        try:
+            self.hf(**self._inputs(input_ids, attention_mask), use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        if capture.output is None:
+            raise FeaturescopeError(f"block {layer} of {self.name} did not run")
+        return capture.output
+
+    @torch.inference_mode()
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Full forward pass: next-token logits [batch, seq, vocab]."""
+        return self.hf(**self._inputs(input_ids, attention_mask), use_cache=False).logits
+
+    @contextmanager
+    def splice(self, layer: int, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:
+        """Within the block, block `layer`'s output x is replaced by `edit(x)` in every forward pass.
+
+        `edit` sees [batch, seq, d_model] — with a KV cache during generation, seq is 1 for each new token.
+        """
+        self.check_layer(layer)
+        handle = self.blocks[layer].register_forward_hook(_Replace(edit))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextmanager
+    def capture(self, layer: int) -> Iterator[Capture]:
+        """Within the block, the returned object's `.output` holds block `layer`'s latest output."""
+        self.check_layer(layer)
+        cap = Capture(stop=False)
+        handle = self.blocks[layer].register_forward_hook(cap)
+        try:
+            yield cap
+        finally:
+            handle.remove()
+
+
+def default_device() -> str:
+    """cuda when available, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise FeaturescopeError(f"unknown dtype {dtype!r}; choose one of {', '.join(table)}")
+    return table[dtype]

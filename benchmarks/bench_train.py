@@ -11,6 +11,8 @@ processes share the CPU), FVU (around the mean, raw units) and L0 on the
 held-out rows, and recovery of the true features by the decoder rows (Hungarian-matched mean cosine and
 mean max cosine). The roofline is the time of the encoder's dense matmul alone ([batch, d] @ [d, latents],
 fp32 and bf16): a trainer that did nothing else per step would reach batch / that time samples/s.
+On a GPU (`--device cuda`) every trainer runs there and the peak GPU memory of each is recorded, e.g. the
+Gemma 3 270M width: `--device cuda --d 640 --true-features 16384 --features 16384 --k 32`.
 """
 
 from __future__ import annotations
@@ -44,15 +46,24 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def roofline(batch: int, d: int, m: int, reps: int = 20) -> dict[str, float]:
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (timings on CUDA are asynchronous)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def roofline(batch: int, d: int, m: int, device: str, reps: int = 20) -> dict[str, float]:
     """Median time of the encoder matmul, fp32 and bf16, as samples/s."""
     out: dict[str, float] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        x, w = torch.randn(batch, d, dtype=dtype), torch.randn(m, d, dtype=dtype)
+        x = torch.randn(batch, d, dtype=dtype, device=device)
+        w = torch.randn(m, d, dtype=dtype, device=device)
         times = []
         for _ in range(reps + 3):
+            sync(device)
             t = time.perf_counter()
             x @ w.T
+            sync(device)
             times.append(time.perf_counter() - t)
         sec = float(np.median(times[3:]))
         out[f"matmul_{name}_ms"] = 1e3 * sec
@@ -83,16 +94,21 @@ def run_ours(name: str, data: Path, work: Path, args: argparse.Namespace, lr: fl
              true: torch.Tensor, select_dtype: str) -> dict[str, Any]:
     cfg = TrainConfig(activations=str(data), out=str(work / name), arch="topk", features=args.features, k=args.k,
                       batch_size=args.batch_size, epochs=args.epochs, lr=lr, seed=args.seed,
-                      select_dtype=select_dtype, device="cpu")
+                      select_dtype=select_dtype, device=args.device)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     before = load()
     t, cpu = time.perf_counter(), time.process_time()
     result = train(cfg, progress=False)
+    sync(args.device)
     seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    memory = {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
     samples = result.steps * args.batch_size
     rec = recovery(result.sae.W_dec, true)
     return {"trainer": name, "lr": lr, "fit_seconds": seconds, "fit_cpu_seconds": cpu_seconds,
             "loop_seconds": result.seconds, "samples": samples, "samples_per_second": samples / seconds,
-            "load_before": before, "load_after": load(),
+            "load_before": before, "load_after": load(), "device": args.device, **memory,
             **heldout_quality(result.sae, heldout), **rec._asdict()}
 
 
@@ -105,6 +121,7 @@ def run_peer(lib: str, data: Path, heldout: Path, work: Path, args: argparse.Nam
            "--dead-window", str(dead_window), "--seed", str(args.seed), "--out", str(out), "--w-dec", str(w_dec)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += ["--device", args.device]
     before = load()
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -137,6 +154,7 @@ def main() -> None:
     p.add_argument("--no-fp32-select", action="store_true", help="skip our run with fp32 selection")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for every trainer (default: torch's; 1 is steadier on a busy machine)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (every trainer, the roofline too)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,12 +169,13 @@ def main() -> None:
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
+                    "gpu": torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else None},
         "settings": {"rows": args.rows, "heldout": args.heldout, "d": args.d, "true_features": args.true_features,
                      "features": args.features, "k": args.k, "batch_size": args.batch_size, "epochs": args.epochs,
                      "lr": lr, "dead_window_steps": dead_window, "seed": args.seed},
         "synthetic_seconds": gen_seconds,
-        "roofline": roofline(args.batch_size, args.d, args.features),
+        "roofline": roofline(args.batch_size, args.d, args.features, args.device),
         "trainers": [],
     }
     print(json.dumps(results["roofline"], indent=1), flush=True)

@@ -34,10 +34,10 @@ from featurescope.atomic import atomic_path, write_json  # noqa: E402
 
 
 def batches(data: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Shuffled full batches, epoch after epoch, forever."""
+    """Shuffled full batches, epoch after epoch, forever (on the device of `data`)."""
     epoch = 0
     while True:
-        perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
+        perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed + epoch)).to(data.device)
         for s in range(0, data.shape[0] - batch_size + 1, batch_size):
             yield data[perm[s : s + batch_size]]
         epoch += 1
@@ -50,13 +50,13 @@ def train_saelens(data: torch.Tensor, args: argparse.Namespace) -> object:
     torch.manual_seed(args.seed)
     steps = (data.shape[0] // args.batch_size) * args.epochs
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(
-        d_in=data.shape[1], d_sae=args.features, k=args.k, dtype="float32", device="cpu",
+        d_in=data.shape[1], d_sae=args.features, k=args.k, dtype="float32", device=args.device,
         normalize_activations="expected_average_only_in",
     ))
     cfg = SAETrainerConfig(
         total_training_samples=steps * args.batch_size, train_batch_size_samples=args.batch_size,
         lr=args.lr, lr_end=args.lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
-        device="cpu", dead_feature_window=args.dead_window, feature_sampling_window=10**9,
+        device=args.device, dead_feature_window=args.dead_window, feature_sampling_window=10**9,
         n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=16,
     )
@@ -71,9 +71,9 @@ def train_sparsify(data: torch.Tensor, args: argparse.Namespace) -> object:
     torch.manual_seed(args.seed)
     d = data.shape[1]
     steps = (data.shape[0] // args.batch_size) * args.epochs
-    sae = SparseCoder(d, SparseCoderConfig(num_latents=args.features, k=args.k))
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=args.features, k=args.k)).to(args.device)
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
-    since = torch.zeros(args.features, dtype=torch.long)
+    since = torch.zeros(args.features, dtype=torch.long, device=args.device)
     for step, x in zip(range(steps), batches(data, args.batch_size, args.seed), strict=False):
         if step == 0:
             sae.b_dec.data = x.mean(0)
@@ -126,26 +126,33 @@ def main() -> None:
     p.add_argument("--auxk-alpha", type=float, default=1 / 32, help="sparsify: AuxK weight")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True)
     p.add_argument("--w-dec", required=True)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = torch.from_numpy(np.load(args.data))
+    data = torch.from_numpy(np.load(args.data)).to(args.device)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     train = train_saelens if args.lib == "saelens" else train_sparsify
     t, cpu = time.perf_counter(), time.process_time()
     sae = train(data, args)
+    if cuda:
+        torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
+    memory = {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
     sae.eval()  # type: ignore[attr-defined]
-    quality = evaluate(args.lib, sae, torch.from_numpy(np.load(args.heldout)))
+    quality = evaluate(args.lib, sae, torch.from_numpy(np.load(args.heldout)).to(args.device))
     with atomic_path(args.w_dec) as tmp, open(tmp, "wb") as f:
-        np.save(f, sae.W_dec.detach().float().numpy())  # type: ignore[attr-defined]
+        np.save(f, sae.W_dec.detach().float().cpu().numpy())  # type: ignore[attr-defined]
     steps = (data.shape[0] // args.batch_size) * args.epochs
     result = {
         "lib": args.lib, "fit_seconds": seconds, "fit_cpu_seconds": cpu_seconds,
         "process_seconds": time.time() - PROCESS_START,
         "samples": steps * args.batch_size, "samples_per_second": steps * args.batch_size / seconds,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, **quality,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device, **memory, **quality,
     }
     write_json(args.out, result)
     print(json.dumps(result))

@@ -183,11 +183,16 @@ class LanguageModel:
     @torch.inference_mode()
     def residual(self, input_ids: Tensor, layer: int, attention_mask: Tensor | None = None) -> Tensor:
         """Residual stream after block `layer`, [batch, seq, d_model]; later blocks and the head never run."""
+        return self.residual_of(self._inputs(input_ids, attention_mask), layer)
+
+    @torch.inference_mode()
+    def residual_of(self, inputs: dict[str, Tensor], layer: int) -> Tensor:
+        """`residual` for ready model inputs (keyword arguments of the HF model's forward)."""
         self.check_layer(layer)
         capture = Capture(stop=True)
         handle = self.blocks[layer].register_forward_hook(capture)
         try:
-            self.hf(**self._inputs(input_ids, attention_mask), use_cache=False)
+            self.hf(**inputs, use_cache=False)
         except StopForward:
             pass
         finally:

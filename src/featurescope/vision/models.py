@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
-from featurescope.language_model import Capture, LanguageModel, StopForward, default_device, resolve_dtype
+from featurescope.language_model import LanguageModel, default_device, resolve_dtype
 from featurescope.model_cache import BUILTIN_MODELS
 from featurescope.vision.inputs import Limit
 from featurescope.vision.layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
@@ -176,18 +176,7 @@ class VisionLanguageModel(LanguageModel):
     @torch.inference_mode()
     def residual_inputs(self, inputs: dict[str, Tensor], layer: int) -> Tensor:
         """Residual stream after block `layer` for processor inputs, [batch, seq, d_model]; later blocks never run."""
-        self.check_layer(layer)
-        capture = Capture(stop=True)
-        handle = self.blocks[layer].register_forward_hook(capture)
-        try:
-            self.hf(**inputs, use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
-        if capture.output is None:
-            raise FeaturescopeError(f"block {layer} of {self.name} did not run")
-        return capture.output
+        return self.residual_of(inputs, layer)
 
 
 def load_vision_model(name: str, *, device: str = "auto", dtype: str | torch.dtype | None = None

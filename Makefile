@@ -62,6 +62,9 @@ bench: install peers
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_harvest.py
 	$(BIN)/python benchmarks/bench_steering.py
+	$(BIN)/python benchmarks/bench_analysis.py --features 4096 --k 32 --tokens 200000 --repeats 2
+	$(BIN)/python benchmarks/bench_distributed.py
+	$(BIN)/python benchmarks/bench_demo.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

@@ -8,5 +8,5 @@
 - `harvest_shard`: harvest with each rank running the model over its own shards of the corpus.
 - `launch`: `--distributed N` starts N local ranks (torchrun --standalone).
 
-Nothing here is imported by a single-process run.
+A single-process run imports only `world` (to see whether it was launched as a rank).
 """

@@ -142,15 +142,21 @@ class World:
         return bool(t.item())
 
     def on_main(self, fn: Callable[[], T]) -> T | None:
-        """Run `fn` on rank 0 only; a FeaturescopeError there is raised on every rank."""
+        """Run `fn` on rank 0 only; an error there is raised on every rank (the others as a FeaturescopeError),
+        so that no rank waits for a collective that rank 0 will never join."""
         message = None
         result = None
+        failure: Exception | None = None
         if self.is_main:
             try:
                 result = fn()
             except FeaturescopeError as e:
                 message = str(e)
+            except Exception as e:  # re-raised below, after the other ranks are told
+                failure, message = e, f"rank 0 failed: {type(e).__name__}: {e}"
         message = self.broadcast_json(message)
+        if failure is not None:
+            raise failure
         if message is not None:
             raise FeaturescopeError(message)
         return result

@@ -9,6 +9,7 @@ a job is a JSON-able dict with `kind`:
 - `row_top` / `flat_top`: the global selections of `featurescope.distributed.topk` on a fixed score matrix
   (`selection_scores`, many ties) whose columns (row_top; flat_top with `"split": "cols"`) or rows (flat_top)
   are split unevenly; rank 0 writes the chosen global flat indices, sorted, as JSON to `job["out"]`.
+- `on_main_error`: rank 0's `World.on_main` raises an OSError; each rank records what it caught.
 - `harvest`: `HarvestConfig(**job["cfg"])`; its model is loaded once per rank and reused by later harvest jobs.
   With `crash_after`, rank `crash_rank` (default 1) dies (exit 1) right after writing that many shard files,
   before the manifest records them: the other ranks are left waiting and `run_ranks` raises.
@@ -133,6 +134,24 @@ def _harvest(job: dict[str, Any], rank: int) -> None:
     hv.harvest(cfg, model=_MODELS[cfg.model], progress=False)
 
 
+def _on_main_error(job: dict[str, Any], rank: int) -> None:
+    """Rank 0's `on_main` raises an OSError; every rank writes what it caught to `job["out"]`.RANK."""
+    from featurescope.distributed.world import join
+
+    def fail() -> None:
+        raise OSError("No space left on device")
+
+    w = join("cpu", "gloo")
+    try:
+        w.on_main(fail)
+        caught = "nothing"
+    except Exception as e:
+        caught = f"{type(e).__name__}: {e}"
+    with open(f"{job['out']}.{rank}", "w") as f:
+        f.write(caught)
+    w.barrier()  # the group still works: nobody is left waiting
+
+
 def _worker(rank: int, world: int, port: int, jobs: list[dict[str, Any]]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
@@ -144,6 +163,8 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict[str, Any]]) -> Non
                 _train(job, rank)
             elif job["kind"] == "harvest":
                 _harvest(job, rank)
+            elif job["kind"] == "on_main_error":
+                _on_main_error(job, rank)
             else:
                 _selection(job, rank, world)
     finally:

@@ -120,6 +120,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     error = root / "error.txt"
     jobs.append({"kind": "train", "cfg": _cfg(data, "topk", {"features": 1, "k": 1}, root / "too_few",
                                                shard_features=True), "error_out": str(error)})
+    jobs.append({"kind": "on_main_error", "out": str(root / "on_main")})
     run_ranks(jobs)
     with _one_thread():
         for name in ("ddp_to_one", "fs_to_one"):
@@ -261,6 +262,13 @@ def test_sharded_run_writes_one_ordinary_sae_and_checkpoint(runs):
 
 def test_error_inside_the_group_is_one_message_on_every_rank(runs):
     assert runs.error.read_text() == "--shard-features needs at least one feature per rank: 1 features on 2 ranks"
+
+
+def test_any_error_on_rank_0_reaches_every_rank(runs):
+    """An OSError in rank 0's part (a full disk, say) is raised there and told to the others at once."""
+    caught = [(runs.root / f"on_main.{rank}").read_text() for rank in (0, 1)]
+    assert caught == ["OSError: No space left on device",
+                      "FeaturescopeError: rank 0 failed: OSError: No space left on device"]
 
 
 def test_cli_distributed_runs_torchrun_end_to_end(runs, tmp_path):

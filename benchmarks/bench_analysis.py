@@ -24,35 +24,15 @@ from pathlib import Path
 
 import torch
 
-from featurescope.activations import MANIFEST, STORE_FORMAT, STORE_VERSION, ActivationStore, shard_name
+from featurescope.activations import ActivationStore
 from featurescope.analysis import AnalyzeConfig, analyze
 from featurescope.analysis.pipeline import batch_contexts
-from featurescope.atomic import write_json, write_safetensors
+from featurescope.atomic import write_json
 from featurescope.models import load_model
 from featurescope.sae import SAE, SAEConfig
+from featurescope.synthetic import random_store
 
 CTX, D = 128, 640
-
-
-def synthetic_store(path: Path, tokens: int, shard_contexts: int = 64) -> None:
-    """A store of random rows in the documented format (BOS first in every context, not a row)."""
-    g = torch.Generator().manual_seed(0)
-    contexts = -(-tokens // (CTX - 1))
-    path.mkdir(parents=True)
-    shards = []
-    for i, s in enumerate(range(0, contexts, shard_contexts)):
-        n = min(shard_contexts, contexts - s)
-        ids = torch.randint(1000, 50000, (n, CTX), generator=g, dtype=torch.int32)
-        ids[:, 0] = 2
-        mask = torch.ones(n, CTX, dtype=torch.uint8)
-        mask[:, 0] = 0
-        acts = (torch.randn(n * (CTX - 1), D, generator=g) * 100).to(torch.bfloat16)
-        write_safetensors(path / shard_name(i), {"acts": acts, "tokens": ids, "mask": mask})
-        shards.append({"file": shard_name(i), "rows": len(acts), "contexts": n, "partial": False,
-                       "bytes": (path / shard_name(i)).stat().st_size})
-    write_json(path / MANIFEST, {"format": STORE_FORMAT, "version": STORE_VERSION, "model": "default", "layer": 9,
-                                 "d_model": D, "dtype": "bfloat16", "ctx_len": CTX, "corpus": "synthetic",
-                                 "complete": True, "shards": shards})
 
 
 def encode_seconds(sae: SAE, store: ActivationStore, tokens: int, batch_rows: int) -> float:
@@ -87,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(args.activations) if args.activations else Path(tmp) / "acts"
         if not args.activations:
-            synthetic_store(store_path, args.tokens)
+            random_store(store_path, -(-args.tokens // (CTX - 1)), ctx_len=CTX, d=D)
         store = ActivationStore(store_path)
         tokens = min(args.tokens, store.n_rows)
         sae = SAE.create(SAEConfig(d_in=D, d_sae=args.features, architecture="topk", k=args.k, model="default",

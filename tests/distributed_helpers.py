@@ -48,6 +48,17 @@ class Interrupting(NpySource):
             yield b
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Compute like a rank does (bit-identical results need the same thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def selection_scores() -> torch.Tensor:
     """[40, 37] scores with many exact ties (small integers), the same in every process."""
     g = torch.Generator().manual_seed(SCORES_SEED)

@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 
-from featurescope.activations import MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
-from featurescope.atomic import write_json, write_safetensors
 from featurescope.sae import SAE, SAEConfig
+from featurescope.synthetic import random_store
 
-CTX, SHARD_CONTEXTS, D = 128, 64, 640
+CTX, SHARD_CONTEXTS, D = 128, 64, 640  # random_store's defaults
 
 CHILD = """
 import sys
@@ -29,29 +28,9 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 """
 
 
-def _synthetic_store(path, contexts: int) -> None:
-    """An activation store in the documented format: random bfloat16 rows, random tokens, BOS not a row."""
-    g = torch.Generator().manual_seed(0)
-    shards = []
-    path.mkdir()
-    for i, s in enumerate(range(0, contexts, SHARD_CONTEXTS)):
-        n = min(SHARD_CONTEXTS, contexts - s)
-        tokens = torch.randint(1000, 50000, (n, CTX), generator=g, dtype=torch.int32)
-        tokens[:, 0] = 2
-        mask = torch.ones(n, CTX, dtype=torch.uint8)
-        mask[:, 0] = 0
-        acts = (torch.randn(n * (CTX - 1), D, generator=g) * 100).to(torch.bfloat16)
-        write_safetensors(path / shard_name(i), {"acts": acts, "tokens": tokens, "mask": mask})
-        shards.append({"file": shard_name(i), "rows": len(acts), "contexts": n, "partial": False,
-                       "bytes": (path / shard_name(i)).stat().st_size})
-    write_json(path / MANIFEST, {"format": STORE_FORMAT, "version": STORE_VERSION, "model": "default", "layer": 9,
-                                 "d_model": D, "dtype": "bfloat16", "ctx_len": CTX, "corpus": "synthetic",
-                                 "complete": True, "shards": shards})
-
-
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
 def test_peak_memory_is_flat_when_the_tokens_double(tmp_path):
-    _synthetic_store(tmp_path / "acts", 200)  # 25,400 rows
+    random_store(tmp_path / "acts", 200, ctx_len=CTX, d=D, shard_contexts=SHARD_CONTEXTS)  # 25,400 rows
     sae = SAE.create(SAEConfig(d_in=D, d_sae=1024, architecture="topk", k=16, model="default", layer=9))
     with torch.no_grad():
         sae.input_scale.fill_(D**0.5 / (100 * D**0.5))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
 
 from conftest import run_cli
-from distributed_helpers import run_ranks
+from distributed_helpers import one_thread, run_ranks
 from featurescope.activations import ActivationStore
 from featurescope.harvest import HarvestConfig, harvest
 
@@ -30,17 +28,6 @@ def _assert_same_store(path, ref) -> None:
     assert b.manifest["stats"] == pytest.approx(a.manifest["stats"])
     for x, y in zip(_all(a), _all(b), strict=True):
         assert torch.equal(x, y)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Compute like a rank does (bit-identical rows need the same thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

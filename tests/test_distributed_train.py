@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import run_cli
-from distributed_helpers import Interrupting, run_ranks, selection_scores
+from distributed_helpers import Interrupting, one_thread, run_ranks, selection_scores
 from featurescope import checkpoint
 from featurescope.activations import TensorSource
 from featurescope.cli import main
@@ -62,16 +61,6 @@ def _write_data(path: Path) -> None:
     np.save(path, x.astype(np.float32))
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _cfg(data: Path, arch: str, settings: dict[str, Any], out: Path, **extra: Any) -> dict[str, Any]:
     return dict(activations=str(data), out=str(out), arch=arch, batch_size=BATCH, seed=3, dead_tokens=BATCH,
                 checkpoint_seconds=0.0, **settings, **extra)
@@ -98,7 +87,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     ref = {(arch, sharded): root / f"ref_{arch}_{int(sharded)}" for arch in ARCHS for sharded in (False, True)}
     resume = {name: root / name for name in RESUMES}
     before: dict[str, dict[str, Any]] = {}
-    with _one_thread():
+    with one_thread():
         for (arch, sharded), out in ref.items():
             train(TrainConfig(**_cfg(data, arch, ARCHS[arch][sharded], out)), progress=False)
         for name in ("one_to_ddp", "one_to_fs"):
@@ -122,7 +111,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                                                shard_features=True), "error_out": str(error)})
     jobs.append({"kind": "on_main_error", "out": str(root / "on_main")})
     run_ranks(jobs)
-    with _one_thread():
+    with one_thread():
         for name in ("ddp_to_one", "fs_to_one"):
             before[name] = _checkpoint_state(resume[name])
             ckpt = resume[name] / "checkpoint"  # what a kill during the next save would leave behind

@@ -1,4 +1,5 @@
-"""Synthetic activations with known features, and how well an SAE's decoder recovers them.
+"""Synthetic activations with known features, and how well an SAE's decoder recovers them; and a random
+activation store on disk (`random_store`) for measuring the stages that read one.
 
 Each row is a sparse positive combination of `n_features` unit directions plus small Gaussian noise.
 Feature i fires with a Zipf-like probability p_i ∝ 1/(i + 10)^zipf_exponent, scaled so that the mean
@@ -10,6 +11,7 @@ factor, so magnitudes are positive and correlated within groups.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -121,3 +123,29 @@ def recovery(sae_W_dec: Tensor, true_features: Tensor) -> Recovery:
         true_max_cos=float(cos.max(1).mean()),
         latent_max_cos=float(cos.max(0).mean()),
     )
+
+
+def random_store(path: str | Path, contexts: int, *, ctx_len: int = 128, d: int = 640, shard_contexts: int = 64,
+                 seed: int = 0) -> None:
+    """Write an activation store (docs/formats/activation-store.md) of `contexts` contexts of random token ids
+    and random bfloat16 rows; position 0 of every context is BOS (id 2), masked out, not a row."""
+    from featurescope.activations import MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
+    from featurescope.atomic import write_json, write_safetensors
+
+    path = Path(path)
+    g = torch.Generator().manual_seed(seed)
+    path.mkdir(parents=True)
+    shards = []
+    for i, s in enumerate(range(0, contexts, shard_contexts)):
+        n = min(shard_contexts, contexts - s)
+        tokens = torch.randint(1000, 50000, (n, ctx_len), generator=g, dtype=torch.int32)
+        tokens[:, 0] = 2
+        mask = torch.ones(n, ctx_len, dtype=torch.uint8)
+        mask[:, 0] = 0
+        acts = (torch.randn(n * (ctx_len - 1), d, generator=g) * 100).to(torch.bfloat16)
+        write_safetensors(path / shard_name(i), {"acts": acts, "tokens": tokens, "mask": mask})
+        shards.append({"file": shard_name(i), "rows": len(acts), "contexts": n, "partial": False,
+                       "bytes": (path / shard_name(i)).stat().st_size})
+    write_json(path / MANIFEST, {"format": STORE_FORMAT, "version": STORE_VERSION, "model": "default", "layer": 9,
+                                 "d_model": d, "dtype": "bfloat16", "ctx_len": ctx_len, "corpus": "synthetic",
+                                 "complete": True, "shards": shards})

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from featurescope.atomic import atomic_path
-from featurescope.store import FeatureStore, copy_db
+from featurescope.store import FeatureStore
+from featurescope.store import update_db as store_update_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,21 +56,6 @@ TABLES = ("probes_meta", "multilingual_scores", "multilingual_segments", "multil
 
 
 # -- writing ---------------------------------------------------------------------------------------
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(path.with_name(path.name + ".probes.lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _columns(con: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
 
@@ -92,19 +77,11 @@ def ensure_schema(con: sqlite3.Connection) -> None:
 
 @contextmanager
 def update_db(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A read-write connection to a copy of feature database `path` (with the probes' tables created); the copy
-    replaces `path` atomically when the block succeeds and is discarded when it raises."""
-    path = Path(path)
-    FeatureStore.open(path).close()  # a clear error for a missing or foreign file
-    with _lock(path), atomic_path(path) as tmp:
-        copy_db(path, tmp)
-        con = sqlite3.connect(tmp)
-        try:
-            ensure_schema(con)
-            yield con
-            con.commit()
-        finally:
-            con.close()
+    """`featurescope.store.update_db` (an atomic update of a copy, under the shared update lock) with the
+    probes' tables created."""
+    with store_update_db(path) as con:
+        ensure_schema(con)
+        yield con
 
 
 def _insert(con: sqlite3.Connection, table: str, rows: Iterable[Sequence[Any]]) -> int:

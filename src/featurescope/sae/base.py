@@ -53,8 +53,9 @@ class SAE(nn.Module):
 
     architecture: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[SAE]]] = {}
-    folder_reader: ClassVar[Callable[..., SAE] | None] = None
-    """What `load` calls: `featurescope.sae.io.load_any`, set when `featurescope.sae` is imported."""
+    folder_reader: ClassVar[Callable[..., SAE]]
+    """What `load` calls: `featurescope.sae.io.load_any`, set when the package `featurescope.sae` is imported
+    (which any import of this module does first)."""
     parallel: Parallel = LOCAL
     """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
 
@@ -214,8 +215,6 @@ class SAE(nn.Module):
     @staticmethod
     def load(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         """Load an SAE folder: ours, SAELens' or EleutherAI sparsify's (told apart by content)."""
-        if SAE.folder_reader is None:
-            raise FeaturescopeError("no SAE folder reader: import featurescope.sae, not featurescope.sae.base alone")
         return SAE.folder_reader(Path(path), device=device)
 
     @staticmethod

@@ -15,7 +15,7 @@ DEMO_TOKENS ?=
 DEMO_FEATURES ?=
 DEMO_K ?=
 
-.PHONY: install peers test test-slow demo screenshots lint bench clean
+.PHONY: install peers test test-slow test-gpu demo screenshots lint bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ test: install peers
 test-slow: install peers
 	$(BIN)/python -m pytest -q -m slow
 
+# The CUDA paths (tests/test_gpu.py), on a machine with a GPU and a CUDA build of torch.
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
+
 # harvest → train → analyse → evaluate → serve; each step is skipped when done. The explorer runs until
 # Ctrl-C on a terminal; under CI=true or without a TTY it is started, checked once and stopped (DEMO_SERVE).
 demo: install
@@ -65,6 +69,14 @@ bench: install peers
 	$(BIN)/python benchmarks/bench_analysis.py --features 4096 --k 32 --tokens 200000 --repeats 2
 	$(BIN)/python benchmarks/bench_distributed.py
 	$(BIN)/python benchmarks/bench_demo.py
+
+# The GPU figures of BENCHMARKS.md ("Training on a GPU"). Needs a CUDA build of torch in both venvs, e.g. on a
+# fresh clone: make bench-gpu TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+bench-gpu: install peers
+	$(BIN)/python benchmarks/bench_kernels.py --device cuda --out benchmarks/results/kernels_gpu.json
+	for f in 16384 65536; do $(BIN)/python benchmarks/bench_train.py --device cuda --d 640 --true-features 4096 \
+		--features $$f --k 32 --rows 1000000 --epochs 2 --no-hungarian --no-fp32-select \
+		--out benchmarks/results/train_gpu_$$f.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(PEERS) runs

@@ -105,7 +105,7 @@ def run_ours(name: str, data: Path, work: Path, args: argparse.Namespace, lr: fl
     seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
     memory = {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
     samples = result.steps * args.batch_size
-    rec = recovery(result.sae.W_dec, true)
+    rec = recovery(result.sae.W_dec, true, assign=not args.no_hungarian)
     return {"trainer": name, "lr": lr, "fit_seconds": seconds, "fit_cpu_seconds": cpu_seconds,
             "loop_seconds": result.seconds, "samples": samples, "samples_per_second": samples / seconds,
             "load_before": before, "load_after": load(), "device": args.device, **memory,
@@ -129,7 +129,7 @@ def run_peer(lib: str, data: Path, heldout: Path, work: Path, args: argparse.Nam
     if proc.returncode != 0:
         return {"trainer": lib, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     res = json.loads(out.read_text())
-    rec = recovery(torch.from_numpy(np.load(w_dec)), true)
+    rec = recovery(torch.from_numpy(np.load(w_dec)), true, assign=not args.no_hungarian)
     return {"trainer": lib, "lr": lr, **res, "subprocess_seconds": wall, "load_before": before,
             "load_after": load(), **rec._asdict()}
 
@@ -155,6 +155,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for every trainer (default: torch's; 1 is steadier on a busy machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (every trainer, the roofline too)")
+    p.add_argument("--no-hungarian", action="store_true",
+                   help="skip the optimal feature matching (minutes at 16k features and more); max cosines only")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

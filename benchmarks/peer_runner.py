@@ -142,7 +142,9 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
-    memory = {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
+    data_mib = data.numel() * data.element_size() / 2**20 if cuda else 0.0
+    memory = {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20 - data_mib,
+              "dataset_on_gpu_mib": data_mib} if cuda else {}  # the training's own peak, without the data
     sae.eval()  # type: ignore[attr-defined]
     quality = evaluate(args.lib, sae, torch.from_numpy(np.load(args.heldout)).to(args.device))
     with atomic_path(args.w_dec) as tmp, open(tmp, "wb") as f:

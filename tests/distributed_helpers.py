@@ -18,10 +18,14 @@ a job is a JSON-able dict with `kind`:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,6 +171,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict[str, Any]]) -> Non
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+    faulthandler.enable(all_threads=True)  # a crash in C++ code prints where each thread was
     dist.init_process_group("gloo")
     try:
         for job in jobs:
@@ -178,6 +183,7 @@ def _worker(rank: int, world: int, port: int, jobs: list[dict[str, Any]]) -> Non
                 _on_main_error(job, rank)
             else:
                 _selection(job, rank, world)
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -188,6 +194,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_ranks(jobs: list[dict[str, Any]], world: int = 2) -> None:
-    """Run `jobs` on `world` ranks (gloo, one thread each); raises if a rank fails."""
-    mp.start_processes(_worker, args=(world, free_port(), jobs), nprocs=world, join=True, start_method="spawn")
+CRASH_SIGNALS = ("SIGABRT", "SIGSEGV")
+
+
+def run_ranks(jobs: list[dict[str, Any]], world: int = 2, workdir: Path | None = None) -> None:
+    """Run `jobs` on `world` ranks (gloo, one thread each); raises if a rank fails.
+
+    With `workdir` (the folder that holds every input and output of the jobs), a rank killed by SIGABRT or
+    SIGSEGV, a crash inside torch's C++ code (seen once on a loaded CI machine: "terminate called without an
+    active exception"), is retried once in fresh processes on `workdir` as it was before the first try, and
+    said so on stderr. A second crash, an exception or a non-zero exit fails at once.
+    """
+    before = None
+    if workdir is not None:
+        before = workdir.with_name(workdir.name + ".before")
+        shutil.copytree(workdir, before)
+    try:
+        for attempt in (1, 2):
+            try:
+                mp.start_processes(_worker, args=(world, free_port(), jobs), nprocs=world, join=True,
+                                   start_method="spawn")
+                return
+            except mp.ProcessExitedException as e:
+                if before is None or attempt == 2 or e.signal_name not in CRASH_SIGNALS:
+                    raise
+                print(f"run_ranks: rank {e.error_index} crashed ({e.signal_name}); running the jobs again",
+                      file=sys.stderr)
+                shutil.rmtree(workdir)
+                shutil.copytree(before, workdir)
+    finally:
+        if before is not None:
+            shutil.rmtree(before, ignore_errors=True)

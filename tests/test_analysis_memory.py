@@ -35,12 +35,15 @@ def test_peak_memory_is_flat_when_the_tokens_double(tmp_path):
     with torch.no_grad():
         sae.input_scale.fill_(D**0.5 / (100 * D**0.5))
     sae.save(tmp_path / "sae")
-    peak = {}
-    for tokens in (12_700, 25_400):
+    def peak_mib(tokens: int, run: int) -> float:
+        """Peak resident memory (MiB) during a fresh `analyze` (its own output) in a fresh process."""
         result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "sae"), str(tmp_path / "acts"),
-                                 str(tmp_path / f"{tokens}.db"), str(tokens)], capture_output=True, text=True,
+                                 str(tmp_path / f"{tokens}_{run}.db"), str(tokens)], capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, result.stderr
-        peak[tokens] = int(result.stdout.split()[-1]) / 1024  # MiB of peak resident memory during `analyze`
+        return int(result.stdout.split()[-1]) / 1024
+
+    # the least of two runs: a busy machine once added 93 MiB of transient peak to one run (allocator timing)
+    peak = {tokens: min(peak_mib(tokens, 0), peak_mib(tokens, 1)) for tokens in (12_700, 25_400)}
     # keeping the extra 12.7k tokens' activations would add 31 MiB per pass (float32), their dense codes 50 MiB
     assert peak[25_400] - peak[12_700] < 20, peak

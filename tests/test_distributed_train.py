@@ -110,7 +110,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     jobs.append({"kind": "train", "cfg": _cfg(data, "topk", {"features": 1, "k": 1}, root / "too_few",
                                                shard_features=True), "error_out": str(error)})
     jobs.append({"kind": "on_main_error", "out": str(root / "on_main")})
-    run_ranks(jobs)
+    run_ranks(jobs, workdir=root)
     with one_thread():
         for name in ("ddp_to_one", "fs_to_one"):
             before[name] = _checkpoint_state(resume[name])

@@ -103,8 +103,13 @@ class ActivationSource:
         start_batch: int = 0,
         drop_last: bool = False,
         shuffle: bool = True,
+        device: torch.device | str | None = None,
     ) -> Iterator[Tensor]:
-        """Float32 batches [batch_size, d_model] of one epoch, starting at batch `start_batch`."""
+        """Float32 batches [batch_size, d_model] of one epoch, starting at batch `start_batch`.
+
+        With `device`, each buffer of chunks moves there whole and is shuffled there (on a GPU: one copy per
+        buffer instead of one per batch); the order of the rows is the same on every device.
+        """
         groups = self._groups(seed, epoch, shuffle)
         start_row = start_batch * batch_size
         carry: Tensor | None = None
@@ -114,10 +119,10 @@ class ActivationSource:
             if offset + n <= start_row:
                 offset += n
                 continue
-            data = torch.cat([self.load_chunk(i) for i in chunk_ids])
+            data = torch.cat([self.load_chunk(i).to(device) for i in chunk_ids])
             if shuffle:
                 perm = np.random.default_rng([seed, epoch, g, 1]).permutation(n)
-                data = data[torch.from_numpy(perm)]
+                data = data[torch.from_numpy(perm).to(data.device)]
             if offset < start_row:
                 data = data[start_row - offset :]
             offset += n

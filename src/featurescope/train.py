@@ -271,7 +271,9 @@ class _Run:
         self.sae.train()
         while self.step < self.total_steps:
             epoch, start = divmod(self.step, self.batches_per_epoch)
-            for batch in self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=start):
+            batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=start,
+                                          device=self.device if self.device.type == "cuda" else None)
+            for batch in batches:
                 self.train_step(batch)
                 bar.update(1)
                 if self.step % max(cfg.log_every, 1) == 0 or self.step == self.total_steps:

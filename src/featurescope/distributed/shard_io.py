@@ -33,6 +33,11 @@ def _raw(t: Tensor) -> bytes:
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def _wire(world: World, t: Tensor) -> torch.device:
+    """Where point-to-point transfers of `t` happen: its own device with NCCL; gloo sends CPU tensors only."""
+    return t.device if world.backend == "nccl" else torch.device("cpu")
+
+
 def _header(tensors: dict[str, Tensor], sharded: Collection[str], rows: int, metadata: dict[str, str]) -> bytes:
     header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
@@ -64,11 +69,11 @@ def write_gathered(world: World, path: Path, tensors: dict[str, Tensor], sharded
                     continue
                 for r in range(1, world.size):
                     if sizes[r]:
-                        buf = t.new_empty((sizes[r], *t.shape[1:]))
+                        buf = torch.empty((sizes[r], *t.shape[1:]), dtype=t.dtype, device=_wire(world, t))
                         dist.recv(buf, src=r)
                         f.write(_raw(buf))
     else:
         for name, t in tensors.items():
             if name in sharded and sizes[world.rank]:
-                dist.send(t.detach().contiguous(), dst=0)
+                dist.send(t.detach().contiguous().to(_wire(world, t)), dst=0)
     world.barrier()

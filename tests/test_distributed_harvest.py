@@ -47,7 +47,7 @@ def test_two_ranks_write_the_one_process_store_and_a_crashed_run_resumes_on_one(
         {"kind": "harvest", "cfg": {"out": str(crashed), **SETTINGS}, "crash_after": 2},
     ]
     with pytest.raises(Exception):  # noqa: B017 - rank 1 exits 1; rank 0 fails or is terminated
-        run_ranks(jobs)
+        run_ranks(jobs, workdir=tmp_path)
     _assert_same_store(whole, reference)
 
     partial = json.loads((crashed / "manifest.json").read_text())

@@ -23,7 +23,7 @@ import torch
 
 from featurescope.atomic import write_json
 from featurescope.sae import SAE, SAEConfig
-from featurescope.sae.kernels import Pattern, select_scores, sparse_dot, sparse_sum, topk_rows
+from featurescope.sae.kernels import Pattern, _coo_t, _csr_t, select_scores, sparse_dot, sparse_sum, topk_rows
 
 
 def timed(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
@@ -43,22 +43,17 @@ def timed(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
 
 
 def grad_index_add(p: Pattern, g: torch.Tensor, x: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """The [entries, d] products, materialised and added into their rows."""
     out = torch.zeros(n_cols, x.shape[1], dtype=x.dtype, device=x.device)
     return out.index_add_(0, p.cols, g[:, None] * x[p.rows])
 
 
 def grad_coo(p: Pattern, g: torch.Tensor, x: torch.Tensor, n_cols: int) -> torch.Tensor:
-    m = torch.sparse_coo_tensor(torch.stack([p.cols, p.rows]), g, (n_cols, p.n_rows), check_invariants=False)
-    return torch.sparse.mm(m, x)
+    return torch.sparse.mm(_coo_t(p, g, n_cols), x)
 
 
 def grad_csr(p: Pattern, g: torch.Tensor, x: torch.Tensor, n_cols: int) -> torch.Tensor:
-    order = torch.argsort(p.cols)
-    counts = torch.bincount(p.cols, minlength=n_cols)
-    crow = torch.zeros(n_cols + 1, dtype=torch.int64, device=x.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    m = torch.sparse_csr_tensor(crow, p.rows[order], g[order], (n_cols, p.n_rows), check_invariants=False)
-    return m @ x
+    return _csr_t(p, g, n_cols) @ x
 
 
 GRADS = {"index_add": grad_index_add, "coo": grad_coo, "csr": grad_csr}

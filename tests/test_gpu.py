@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from distributed_helpers import run_ranks
+from distributed_helpers import free_port, run_ranks
 from featurescope.activations import ActivationStore, NpySource, TensorSource
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE
@@ -164,7 +164,6 @@ def test_harvest_on_the_gpu_equals_the_cpu_in_fp32_and_is_close_in_bf16(tmp_path
 def test_world_collectives_on_nccl(monkeypatch):
     import torch.distributed as dist
 
-    from distributed_helpers import free_port
     from featurescope.distributed.world import join
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")

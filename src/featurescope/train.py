@@ -272,7 +272,7 @@ class _Run:
         while self.step < self.total_steps:
             epoch, start = divmod(self.step, self.batches_per_epoch)
             batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=start,
-                                          device=self.device if self.device.type == "cuda" else None)
+                                          device=self.device)
             for batch in batches:
                 self.train_step(batch)
                 bar.update(1)

@@ -9,7 +9,9 @@ of the weight matrix), as in OpenAI's TopK kernels and EleutherAI's sparsify.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -18,9 +20,6 @@ from torch import Tensor
 
 CHUNK_ENTRIES = 4096
 """Entries per chunk of the gathered dot products on the CPU: keeps the gathered rows in cache."""
-# the sparse matrices here are built valid by construction (checks off on purpose); CSR is used as documented
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 GPU_CHUNK_BYTES = 256 << 20
 """Bytes of gathered rows per chunk on a GPU, where each chunk is a kernel launch: few, large chunks."""
 
@@ -57,12 +56,20 @@ class Pattern(NamedTuple):
         return Pattern(rows, cols, offsets, n_rows)
 
 
+@contextlib.contextmanager
+def _quiet_sparse() -> Iterator[None]:
+    """Silence torch's notes on building sparse tensors: these are valid by construction (checks off on
+    purpose) and CSR is used as documented. Local, so the user's own warnings filters stay as they are."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks are)")
+        yield
+
+
 def _coo_t(pattern: Pattern, values: Tensor, n_cols: int) -> Tensor:
     """The sparse matrix [n_cols, n_rows] with `values` at (cols, rows)."""
     index = torch.stack([pattern.cols, pattern.rows])
-    return torch.sparse_coo_tensor(
-        index, values, (n_cols, pattern.n_rows), check_invariants=False
-    )
+    with _quiet_sparse():
+        return torch.sparse_coo_tensor(index, values, (n_cols, pattern.n_rows), check_invariants=False)
 
 
 def _csr_t(pattern: Pattern, values: Tensor, n_cols: int) -> Tensor:
@@ -71,8 +78,9 @@ def _csr_t(pattern: Pattern, values: Tensor, n_cols: int) -> Tensor:
     counts = torch.bincount(pattern.cols, minlength=n_cols)
     crow = torch.zeros(n_cols + 1, dtype=torch.int64, device=values.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    return torch.sparse_csr_tensor(crow, pattern.rows[order], values[order], (n_cols, pattern.n_rows),
-                                   check_invariants=False)
+    with _quiet_sparse():
+        return torch.sparse_csr_tensor(crow, pattern.rows[order], values[order], (n_cols, pattern.n_rows),
+                                       check_invariants=False)
 
 
 def _row_grad(pattern: Pattern, g: Tensor, x: Tensor, n_cols: int) -> Tensor:
@@ -95,7 +103,8 @@ def _gathered_dot(x: Tensor, W: Tensor, pattern: Pattern) -> Tensor:
     dtype = torch.promote_types(x.dtype, W.dtype)
     out = torch.empty(n, dtype=dtype, device=x.device)
     k = pattern.k
-    chunk = CHUNK_ENTRIES if x.device.type == "cpu" else max(CHUNK_ENTRIES, GPU_CHUNK_BYTES // W[:1].nbytes)
+    row_bytes = W.shape[1] * W.element_size()
+    chunk = CHUNK_ENTRIES if x.device.type == "cpu" else max(CHUNK_ENTRIES, GPU_CHUNK_BYTES // row_bytes)
     if k:  # every row has k entries: gather only W's rows, x is read in place
         step = max(1, chunk // k)
         for s in range(0, pattern.n_rows, step):

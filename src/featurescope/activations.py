@@ -4,6 +4,10 @@ Every source reads as a sequence of chunks (a store's shards, slices of a .npy) 
 batches with bounded memory: chunks are visited in a seeded random order, a few at a time (`buffer_rows`),
 and the rows of each group are permuted. Batch `b` of an epoch is always the same rows for the same seed,
 so training can resume at any step without replaying the data before it.
+
+Stores and .npy files have a held-out part that `train` never reads (`split="train"`) and `eval` measures
+on (`split="heldout"`): in a store, the contexts of held-out documents (see `featurescope.heldout`); in a
+.npy of N rows, its last ⌊N / 20⌋ rows. `split="all"` (the default) reads every row.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError
 
 STORE_FORMAT = "featurescope.activations"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: shards flag their held-out contexts; version-1 stores (none held out) are still read
 MANIFEST = "manifest.json"
+SPLITS = ("all", "train", "heldout")
+NPY_HELDOUT_DIVISOR = 20
+"""A .npy of N rows holds out its last ⌊N / 20⌋ rows (5 %)."""
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -43,13 +50,23 @@ class ShardData(NamedTuple):
     """[contexts, ctx_len] int32 token ids."""
     mask: Tensor
     """[contexts, ctx_len] bool: True where the position's activation is a row of `acts` (row-major order)."""
+    heldout: Tensor
+    """[contexts] bool: True for the contexts of held-out documents (all False in a version-1 store)."""
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise FeaturescopeError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 class ActivationSource:
-    """Rows of activations [n_rows, d_model] read chunk by chunk."""
+    """Rows of activations [n_rows, d_model] read chunk by chunk (of one split, for stores and .npy)."""
 
     d_model: int
     n_rows: int
+    split: str = "all"
+    heldout_rows: int = 0
+    """Rows of the held-out part of the whole source (whatever `split` this reader reads)."""
     model: str | None = None
     layer: int | None = None
     buffer_rows: int = 1 << 18
@@ -173,9 +190,10 @@ class TensorSource(ActivationSource):
 
 
 class NpySource(TensorSource):
-    """A plain .npy file of shape [N, d], memory-mapped."""
+    """A plain .npy file of shape [N, d], memory-mapped; its last ⌊N / 20⌋ rows are the held-out split."""
 
-    def __init__(self, path: str | Path, *, chunk_size: int = 1 << 16) -> None:
+    def __init__(self, path: str | Path, *, chunk_size: int = 1 << 16, split: str = "all") -> None:
+        _check_split(split)
         path = Path(path)
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -191,13 +209,19 @@ class NpySource(TensorSource):
             raise FeaturescopeError(f"{path}: activations must be floating point, got {arr.dtype}")
         self.path = path
         self.array = arr
-        self.n_rows, self.d_model = arr.shape
+        total, self.d_model = arr.shape
+        self.split, self.heldout_rows = split, total // NPY_HELDOUT_DIVISOR
+        self.offset = total - self.heldout_rows if split == "heldout" else 0
+        self.n_rows = {"all": total, "train": total - self.heldout_rows, "heldout": self.heldout_rows}[split]
+        if self.n_rows == 0:
+            raise FeaturescopeError(f"{path}: no {split} rows ({total} rows hold out the last ⌊N / 20⌋)")
         self.chunk_size = chunk_size
         self.model = self.layer = None
 
     def load_chunk(self, index: int) -> Tensor:
         s = index * self.chunk_size
-        return torch.from_numpy(np.array(self.array[s : s + self.chunk_size], dtype=np.float32))
+        e = min(s + self.chunk_size, self.n_rows)
+        return torch.from_numpy(np.array(self.array[self.offset + s : self.offset + e], dtype=np.float32))
 
 
 @dataclass
@@ -212,15 +236,20 @@ class StoreInfo:
     corpus: str
     n_rows: int
     complete: bool
+    heldout: float = 0.0
+    """Fraction of documents held out at harvest (0: none; version-1 stores)."""
+    heldout_rows: int = 0
 
 
 class ActivationStore(ActivationSource):
     """A folder written by `featurescope harvest`: manifest.json + shard-NNNNN.safetensors.
 
-    See docs/formats.md for the format.
+    `split` chooses the rows read as chunks: "all", "train" (never the held-out contexts) or "heldout".
+    `shards` and `read_shard` always cover the whole store. See docs/formats/activation-store.md.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, split: str = "all") -> None:
+        _check_split(split)
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise FeaturescopeError(f"{path}: not an activation store (no {MANIFEST})")
@@ -233,11 +262,20 @@ class ActivationStore(ActivationSource):
             raise FeaturescopeError(f"{path}: store format version {m.get('version')} is newer than supported")
         self.shards: list[dict[str, Any]] = list(m["shards"])
         self.d_model = int(m["d_model"])
-        self.n_rows = sum(int(s["rows"]) for s in self.shards)
+        self.total_rows = sum(int(s["rows"]) for s in self.shards)
+        self.heldout_rows = sum(int(s.get("heldout_rows", 0)) for s in self.shards)
+        self.split = split
+        split_rows = [self._split_rows(s) for s in self.shards]
+        self._chunks = [(i, n) for i, n in enumerate(split_rows) if n > 0]
+        self.n_rows = sum(split_rows)
         self.model = m.get("model")
         self.layer = m.get("layer")
-        if self.n_rows == 0:
+        if self.total_rows == 0:
             raise FeaturescopeError(f"{path}: the store holds no activations yet")
+        if self.n_rows == 0:
+            raise FeaturescopeError(f"{path}: the store has no {split} rows"
+                                    + (" (no held-out part: harvested with --heldout 0 or by version 1)"
+                                       if split == "heldout" else ""))
         for s in self.shards:
             f = path / s["file"]
             if not f.is_file():
@@ -252,11 +290,16 @@ class ActivationStore(ActivationSource):
         m = self.manifest
         return StoreInfo(
             model=m["model"], layer=int(m["layer"]), d_model=self.d_model, dtype=m["dtype"],
-            ctx_len=int(m["ctx_len"]), corpus=m["corpus"], n_rows=self.n_rows, complete=bool(m["complete"]),
+            ctx_len=int(m["ctx_len"]), corpus=m["corpus"], n_rows=self.total_rows, complete=bool(m["complete"]),
+            heldout=float(m.get("heldout", 0.0)), heldout_rows=self.heldout_rows,
         )
 
+    def _split_rows(self, shard: dict[str, Any]) -> int:
+        held = int(shard.get("heldout_rows", 0))
+        return {"all": int(shard["rows"]), "train": int(shard["rows"]) - held, "heldout": held}[self.split]
+
     def chunk_rows(self) -> list[int]:
-        return [int(s["rows"]) for s in self.shards]
+        return [n for _, n in self._chunks]
 
     def read_shard(self, index: int) -> ShardData:
         """Activations, token ids and row mask of shard `index` (validated)."""
@@ -265,28 +308,38 @@ class ActivationStore(ActivationSource):
             t = load_file(str(f))
         except (SafetensorError, OSError, ValueError) as e:
             raise FeaturescopeError(f"{f}: corrupt shard ({e})") from None
-        if set(t) != {"acts", "tokens", "mask"}:
+        if set(t) - {"heldout"} != {"acts", "tokens", "mask"}:
             raise FeaturescopeError(f"{f}: corrupt shard (tensors {sorted(t)})")
         acts, tokens, mask = t["acts"], t["tokens"], t["mask"].bool()
+        heldout = t["heldout"].bool() if "heldout" in t else torch.zeros(len(tokens), dtype=torch.bool)
         rows = int(self.shards[index]["rows"])
-        if acts.shape != (rows, self.d_model) or int(mask.sum()) != rows or tokens.shape != mask.shape:
+        held_rows = int(self.shards[index].get("heldout_rows", 0))
+        if (acts.shape != (rows, self.d_model) or int(mask.sum()) != rows or tokens.shape != mask.shape
+                or heldout.shape != (len(tokens),) or int(mask[heldout].sum()) != held_rows):
             raise FeaturescopeError(f"{f}: corrupt shard (shapes do not match the manifest)")
-        return ShardData(acts, tokens, mask)
+        return ShardData(acts, tokens, mask, heldout)
 
     def load_chunk(self, index: int) -> Tensor:
-        acts = self.read_shard(index).acts.float()
+        shard_index = self._chunks[index][0]
+        data = self.read_shard(shard_index)
+        acts = data.acts
+        if self.split != "all":
+            row_ctx = data.mask.nonzero()[:, 0]
+            acts = acts[data.heldout[row_ctx] == (self.split == "heldout")]
+        acts = acts.float()
         if not torch.isfinite(acts).all():
-            raise FeaturescopeError(f"{self.path / self.shards[index]['file']}: corrupt shard (non-finite values)")
+            f = self.path / self.shards[shard_index]["file"]
+            raise FeaturescopeError(f"{f}: corrupt shard (non-finite values)")
         return acts
 
 
-def open_source(path: str | Path) -> ActivationSource:
-    """An activation store folder or a .npy file of shape [N, d]."""
+def open_source(path: str | Path, split: str = "all") -> ActivationSource:
+    """An activation store folder or a .npy file of shape [N, d], reading rows of `split`."""
     path = Path(path)
     if path.is_dir():
-        return ActivationStore(path)
+        return ActivationStore(path, split)
     if path.suffix == ".npy":
-        return NpySource(path)
+        return NpySource(path, split=split)
     if not path.exists():
         raise FeaturescopeError(f"{path}: no such file or folder")
     raise FeaturescopeError(f"{path}: expected an activation store folder or a .npy file")

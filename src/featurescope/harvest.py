@@ -2,7 +2,9 @@
 
 Resumable at shard granularity: each shard is written atomically and then recorded in the manifest
 (also atomically), so a run killed at any moment and rerun with the same settings continues after the
-last recorded shard and ends with exactly the requested number of activation rows. Under torchrun (or with
+last recorded shard and ends with exactly the requested number of activation rows (held-out rows
+included). Whole documents are held out of training (`--heldout`, see `featurescope.heldout`); their
+contexts are interleaved in the one deterministic context stream and flagged in each shard. Under torchrun (or with
 `--distributed N`) the ranks share the shards: see `featurescope.distributed.harvest_shard`.
 """
 
@@ -16,7 +18,6 @@ from tqdm.auto import tqdm
 
 from featurescope.activations import MANIFEST
 from featurescope.atomic import read_json, write_json
-from featurescope.corpus import contexts
 from featurescope.errors import FeaturescopeError
 from featurescope.harvest_store import (
     HarvestConfig,
@@ -32,6 +33,7 @@ from featurescope.harvest_store import (
     validate,
     write_shard,
 )
+from featurescope.heldout import split_contexts
 from featurescope.models import LanguageModel
 
 __all__ = ["HarvestConfig", "HarvestResult", "harvest"]
@@ -63,20 +65,21 @@ def harvest(cfg: HarvestConfig, *, model: LanguageModel | None = None, progress:
         return HarvestResult(out, done_rows, 0, len(manifest["shards"]), time.perf_counter() - start, True)
 
     special = special_ids(model)
-    stream = contexts(source, model.tokenizer, ctx_len=cfg.ctx_len, bos_id=model.bos_id)
+    stream = split_contexts(source, model.tokenizer, ctx_len=cfg.ctx_len, bos_id=model.bos_id, fraction=cfg.heldout)
     stream = itertools.islice(stream, done_ctx, None)
     bar = tqdm(total=cfg.tokens, initial=done_rows, unit="tok", unit_scale=True, desc="harvest",
                disable=not progress, dynamic_ncols=True)
     new_rows = 0
     while done_rows < cfg.tokens:
-        ctxs = list(itertools.islice(stream, cfg.shard_contexts))
+        pairs = list(itertools.islice(stream, cfg.shard_contexts))
+        ctxs, held = [c for c, _ in pairs], [h for _, h in pairs]
         if not ctxs:
             if done_rows == 0:
                 bar.close()
                 raise no_text(cfg)
             manifest["exhausted"] = True
             break
-        tensors, stats, partial = shard_tensors(model, layer, ctxs, cfg.tokens - done_rows, cfg, special)
+        tensors, stats, partial = shard_tensors(model, layer, ctxs, cfg.tokens - done_rows, cfg, special, held)
         rows = stats["rows"]
         add_shard(manifest, write_shard(out, len(manifest["shards"]), tensors, stats, partial, len(ctxs)))
         done_rows += rows

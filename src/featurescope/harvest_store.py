@@ -18,11 +18,12 @@ from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.corpus import TextSource, open_corpus
 from featurescope.errors import FeaturescopeError
+from featurescope.heldout import DEFAULT_HELDOUT
 from featurescope.model_cache import DEFAULT_LAYERS
 from featurescope.models import LanguageModel, load_model
 
 # Settings that must match for a rerun to continue an existing store.
-IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts")
+IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class HarvestConfig:
     dtype: str = option("bfloat16", "storage dtype", choices=tuple(DTYPES))
     shard_contexts: int = option(512, "contexts per shard file (the resume granularity)")
     seed: int = option(0, "seed of the corpus' document order")
+    heldout: float = option(DEFAULT_HELDOUT, "fraction of documents (and contexts) held out of training, for eval "
+                            "(0 disables)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     model_dtype: str = option("auto", "compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     overwrite: bool = option(False, "delete an existing store of other settings in OUT first")
@@ -60,7 +63,8 @@ class HarvestResult(NamedTuple):
 
 
 def _identity(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in IDENTITY}
+    """The settings a rerun must repeat (a version-1 store has no held-out part: `heldout` 0)."""
+    return {k: m.get(k, 0.0 if k == "heldout" else None) for k in IDENTITY}
 
 
 def validate(cfg: HarvestConfig) -> None:
@@ -74,6 +78,8 @@ def validate(cfg: HarvestConfig) -> None:
         raise FeaturescopeError("--batch-size and --shard-contexts must be positive")
     if cfg.distributed < 0:
         raise FeaturescopeError(f"--distributed must be 0 or more (got {cfg.distributed})")
+    if not 0 <= cfg.heldout <= 0.5:
+        raise FeaturescopeError(f"--heldout must be between 0 and 0.5 (got {cfg.heldout})")
     if cfg.dtype not in DTYPES:
         raise FeaturescopeError(f"unknown storage dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     out = Path(cfg.out)
@@ -98,6 +104,7 @@ def _new_manifest(cfg: HarvestConfig, model: LanguageModel, layer: int, licence:
         "corpus": cfg.corpus,
         "corpus_licence": licence,
         "seed": cfg.seed,
+        "heldout": cfg.heldout,
         "shard_contexts": cfg.shard_contexts,
         "bos_id": model.bos_id,
         "special_token_ids": sorted(model.special_ids),
@@ -129,6 +136,8 @@ def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, 
         dropped = old["shards"].pop()  # ends mid-context: redo it with the larger budget
         for key in ("rows", "sum_norm", "excluded_positions", "excluded_sum_norm"):
             old["stats"][key] -= dropped["stats"][key]
+    old["version"] = STORE_VERSION  # new shards record their held-out contexts (none in a version-1 store)
+    old["heldout"] = cfg.heldout
     old["tokens_requested"] = cfg.tokens
     old["complete"] = False
     old["config"] = asdict(cfg)
@@ -187,11 +196,13 @@ def special_ids(model: LanguageModel) -> torch.Tensor:
 
 def write_shard(out: Path, index: int, tensors: dict[str, torch.Tensor], stats: dict[str, Any], partial: bool,
                 contexts: int) -> dict[str, Any]:
-    """Write shard `index` atomically; its manifest record."""
+    """Write shard `index` atomically; its manifest record (with its held-out contexts and rows)."""
     name = shard_name(index)
     write_safetensors(out / name, tensors, metadata={"format": STORE_FORMAT})
+    held = tensors["heldout"].bool()
     return {"file": name, "rows": stats["rows"], "contexts": contexts, "bytes": (out / name).stat().st_size,
-            "partial": partial, "stats": stats}
+            "partial": partial, "heldout_contexts": int(held.sum()),
+            "heldout_rows": int(tensors["mask"][held].sum()), "stats": stats}
 
 
 def add_shard(manifest: dict[str, Any], record: dict[str, Any]) -> None:
@@ -202,8 +213,9 @@ def add_shard(manifest: dict[str, Any], record: dict[str, Any]) -> None:
 
 
 def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budget: int, cfg: HarvestConfig,
-                  special: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
-    """Run the model over one shard's contexts; keep at most `budget` non-special positions."""
+                  special: torch.Tensor, heldout: list[bool] | None = None
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """Run the model over one shard's contexts (`heldout` flags each); keep at most `budget` non-special positions."""
     tokens = torch.tensor(ctxs, dtype=torch.long)
     mask = ~torch.isin(tokens, special)
     over = torch.cumsum(mask.flatten().long(), 0).view_as(mask) > budget
@@ -226,5 +238,6 @@ def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budge
         "acts": torch.cat(acts) if acts else torch.zeros(0, model.d_model, dtype=DTYPES[cfg.dtype]),
         "tokens": tokens[:n_ctx].to(torch.int32),
         "mask": mask[:n_ctx].to(torch.uint8),
+        "heldout": torch.tensor(heldout or [False] * len(ctxs), dtype=torch.uint8)[:n_ctx],
     }
     return tensors, stats, bool(over.any())

@@ -338,7 +338,7 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
     if spawn and source is not None:
         raise FeaturescopeError("--distributed starts new processes: give --activations (a path), not a source")
     if source is None:
-        source = open_source(cfg.activations)
+        source = open_source(cfg.activations, split="train")  # never the held-out rows `eval` measures on
     if cfg.max_rows is not None:
         source = HeadSource(source, cfg.max_rows)
     if source.n_rows == 0 or source.d_model == 0:

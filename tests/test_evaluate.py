@@ -64,7 +64,9 @@ def test_evaluate_on_store_and_mismatches(gemma, small_store, tmp_path):
     sae_dir = _exact_relu_sae(640).save(tmp_path / "exact")
     result = evaluate(EvalConfig(sae=str(sae_dir), activations=str(small_store), ce_contexts=2), model=gemma,
                       progress=False)
-    assert result.reconstruction.rows == 3000 and result.reconstruction.fvu < 1e-4  # bf16 store vs fp32 SAE
+    # held-out rows by default (bf16 store vs fp32 SAE)
+    assert result.reconstruction.rows == ActivationStore(small_store).heldout_rows > 0
+    assert result.split == "heldout" and result.reconstruction.fvu < 1e-4
     assert result.ce.loss_recovered == pytest.approx(1.0, abs=1e-3)
     wrong_width = _exact_relu_sae(32).save(tmp_path / "w")
     with pytest.raises(FeaturescopeError, match="d_model=640 but the SAE reads d_in=32"):

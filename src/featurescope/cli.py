@@ -55,23 +55,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_eval(result: Any, as_json: bool) -> None:
-    data: dict[str, Any] = {}
-    if result.reconstruction is not None:
-        data.update(result.reconstruction._asdict())
-    if result.ce is not None:
-        data.update(result.ce._asdict())
+    data = result.as_dict()
     if as_json:
         print(json.dumps(data, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="SAE evaluation")
+    where = "IN-SAMPLE: training rows" if result.in_sample else "held-out rows, never trained on"
+    table = Table(title=f"SAE evaluation ({where})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in data.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+        if not isinstance(value, dict | list):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(table)
+    for key, what in data["measured_on"].items():
+        console.print(f"{key}: {what}", highlight=False)
+    for note in data["notes"]:
+        console.print(f"note: {note}", highlight=False)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

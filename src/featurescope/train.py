@@ -33,6 +33,7 @@ from featurescope.train_config import Plan, TrainConfig
 from featurescope.train_layout import Layout
 from featurescope.train_setup import (
     ADAM,
+    EVAL_ROWS,
     GEOMEDIAN_SAMPLE,
     SCALE_SAMPLE,
     SPARSITY,
@@ -361,12 +362,17 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
         sae = run.sae.eval()
         metrics = lay.evaluate(sae, source, cfg.seed + 1)
         metrics["dead_fraction"] = run.dead_fraction()
+        window = min(run.dead_tokens, run.tokens)
+        measured_on = {
+            "fvu": f"a sample of up to {EVAL_ROWS} training rows (in-sample; `featurescope eval` measures held out)",
+            "dead_fraction": f"features that did not fire over the last {window} training tokens (the dead window)",
+        }
         lay.save_sae(sae, out, run.sae_cfg)
         if lay.is_main:
             write_json(out / SUMMARY_FILE, {
                 "format": "featurescope.training-summary", "version": 1, "steps": run.step, "tokens": run.tokens,
                 "seconds": seconds, "tokens_per_second": run.tokens / seconds if seconds > 0 else None,
-                "metrics": metrics, "input_scale": float(sae.input_scale), "lr": run.lr,
+                "metrics": metrics, "measured_on": measured_on, "input_scale": float(sae.input_scale), "lr": run.lr,
                 "dead_tokens": run.dead_tokens, "config": record, "sae": run.sae_cfg.to_json(),
                 "world_size": lay.size, "layout": type(lay).__name__,
             })

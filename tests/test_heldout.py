@@ -152,3 +152,19 @@ def test_version_1_store_is_read_and_eval_says_it_is_in_sample(split_store, gemm
     assert d["in_sample"] and d["split"] == "train" and d["rows"] == TOKENS and "no held-out part" in d["notes"][0]
     assert "ood_loss_recovered" not in d and d["tokens"] == 127
     assert "training (in-sample) contexts" in d["measured_on"]["loss_recovered"]
+
+
+def test_probe_texts_corpus_is_listed_and_long_enough_for_eval(gemma, capsys):
+    from featurescope.cli import main
+
+    assert main(["corpora"]) == 0 and "probe-texts" in capsys.readouterr().out
+    docs = list(open_corpus("probe-texts").documents())
+    assert len(docs) == 834 and len({d.doc_id for d in docs}) == len(docs)
+    n = sum(1 for _ in contexts(open_corpus("probe-texts"), gemma.tokenizer, ctx_len=128, bos_id=gemma.bos_id))
+    assert n >= 64  # eval's default number of out-of-domain contexts
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 0.6])
+def test_heldout_fraction_out_of_range_is_refused(tmp_path, fraction):
+    with pytest.raises(FeaturescopeError, match="--heldout must be between 0 and 0.5"):
+        harvest(HarvestConfig(out=str(tmp_path / "a"), tokens=10, heldout=fraction))

@@ -263,6 +263,9 @@ def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | 
                 corpus = cfg.corpus or "wiki-en"
                 ids = _corpus_ids(corpus, model, ctx_len, cfg.ce_contexts, cfg.seed + 1)
                 ce_source = f"{len(ids)} contexts of corpus {corpus}"
+                if isinstance(source, ActivationStore) and source.manifest.get("corpus") == corpus:
+                    notes.append(f"CE contexts from --corpus {corpus}, the store's own corpus: they may include "
+                                 "training text (omit --corpus to use the store's held-out contexts)")
             else:
                 kind = "held-out" if split == "heldout" else "training (in-sample)"
                 ce_source = f"{len(ids)} {kind} contexts of the store"

@@ -1,6 +1,7 @@
-"""A 2-D map of all decoder directions: UMAP (cosine) with umap-learn, else PCA of the unit directions.
+"""A 2-D map of all decoder directions: UMAP (cosine; umap-learn is a dependency), else PCA of the unit directions.
 
-`pip install 'featurescope[map]'` installs umap-learn. Coordinates are scaled into [0, 1] × [0, 1].
+PCA remains for fewer than 64 features, `--map pca`, and an install without umap-learn. UMAP's first call in a
+process spends tens of seconds compiling its numba kernels. Coordinates are scaled into [0, 1] × [0, 1].
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def feature_map(w_dec: Tensor, method: str = "auto", seed: int = 0) -> FeatureMa
     if method == "none" or len(w_dec) < 2:
         return None
     if method == "umap" and not have_umap():
-        raise FeaturescopeError("--map umap needs umap-learn: pip install 'featurescope[map]'")
+        raise FeaturescopeError("--map umap needs umap-learn: pip install umap-learn")
     if method == "umap" or (method == "auto" and have_umap() and len(w_dec) >= 64):
         return FeatureMap(umap_map(w_dec, seed), "umap")
     return FeatureMap(pca_map(w_dec), "pca")

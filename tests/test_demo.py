@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import time
 
-from featurescope.probes.db import get_meta
-from featurescope.store import FeatureStore
-
 import pytest
 
 from conftest import run_cli
 from featurescope.demo import SCALES, serve_mode
+from featurescope.probes.db import get_meta
+from featurescope.store import FeatureStore
 
 
 def test_serve_mode_auto_checks_under_ci_or_without_a_terminal(monkeypatch):

@@ -48,7 +48,8 @@ test-slow: install peers
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 
-# harvest → train → analyse → evaluate → serve; each step is skipped when done. The explorer runs until
+# harvest (the mix corpus) → train → analyse (UMAP map) → multilingual → probe --set safety → evaluate → serve;
+# each step is skipped when done. The explorer runs until
 # Ctrl-C on a terminal; under CI=true or without a TTY it is started, checked once and stopped (DEMO_SERVE).
 demo: install
 	$(BIN)/featurescope demo --scale $(DEMO_SCALE) --out $(DEMO_DIR) --serve $(DEMO_SERVE) --port $(DEMO_PORT) \

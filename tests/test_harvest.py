@@ -36,8 +36,11 @@ def test_store_holds_exact_rows_and_the_model_activations(small_store, gemma):
     assert int(mask.sum()) == 3000
     resid = gemma.residual(tokens[:3].long(), 9)
     torch.testing.assert_close(acts[: int(mask[:3].sum())].float(), resid[mask[:3]], rtol=1e-2, atol=1.0)
+    norms = resid.float().norm(dim=-1)[:, 1:]  # massive activations (norm > 4x the median) are not rows either
+    assert (~mask[:3, 1:] == (norms > 4 * norms.median())).all()
     m = store.manifest
-    assert m["stats"]["excluded_positions"] == len(tokens)
+    massive = int((~mask[:-1, 1:]).sum())  # the last context may stop early
+    assert m["stats"]["excluded_positions"] >= len(tokens) + massive and m["max_norm_ratio"] == 4.0
     bos_norm = m["stats"]["excluded_sum_norm"] / m["stats"]["excluded_positions"]
     assert bos_norm > 5 * m["stats"]["sum_norm"] / m["stats"]["rows"]
 

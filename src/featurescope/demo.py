@@ -1,7 +1,8 @@
 """`featurescope demo`: the whole pipeline on the embedded default model, then the explorer.
 
-harvest → train → analyse → evaluate (CE loss recovered) → serve, in one process (the model is loaded
-once). Every step resumes or is skipped when its output is complete, so a rerun goes straight to serving.
+harvest → train → analyse → multilingual scores → safety probes → evaluate (CE loss recovered) → serve, in one
+process (the model is loaded once), so every view of the explorer has data. Every step resumes or is skipped when
+its output is complete, so a rerun goes straight to serving.
 `--scale` picks the sizes: `small` fits in minutes on a 2-core CPU; `full` is the larger run.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import sys
 import time
 import urllib.request
@@ -30,12 +32,20 @@ class Scale(NamedTuple):
     k: int
     epochs: int
     ce_contexts: int
+    batch_size: int = 4096
+    verses: int = 200
+    """Bible verses per language of the multilingual scores."""
+    permutations: int = 2000
+    """Label permutations of the safety probes' held-out test."""
 
 
+# `small`: chosen from the sweep in BENCHMARKS.md ("The demo SAE") for dead ≤ 1 % and dense (> 10 % of tokens)
+# ≤ 0.25 % of the features within `make demo`'s 10 minutes on a 2-core CPU.
 SCALES = {
-    "tiny": Scale(tokens=12_000, features=512, k=16, epochs=2, ce_contexts=2),
-    "small": Scale(tokens=200_000, features=4096, k=32, epochs=1, ce_contexts=8),
-    "full": Scale(tokens=2_000_000, features=16384, k=32, epochs=1, ce_contexts=64),
+    "tiny": Scale(tokens=12_000, features=512, k=16, epochs=2, ce_contexts=2, batch_size=256, verses=20,
+                  permutations=200),
+    "small": Scale(tokens=500_000, features=4096, k=32, epochs=2, ce_contexts=8, batch_size=2048),
+    "full": Scale(tokens=2_000_000, features=16384, k=32, epochs=2, ce_contexts=64),
 }
 SERVE_MODES = ("auto", "forever", "check", "no")
 EVAL_FILE = "eval.json"
@@ -53,7 +63,7 @@ class DemoConfig:
     k: int | None = option(None, "override the preset's TopK k")
     model: str = option("default", "model (the embedded Gemma 3 270M by default)")
     layer: int = option(9, "block whose residual stream the SAE reads")
-    corpus: str = option("wiki-en", "text to harvest")
+    corpus: str = option("mix", "text to harvest (mix: Wikipedia, Python sources and the Bible in 8 languages)")
     serve: str = option("auto", "after the pipeline: forever (until Ctrl-C), check (start, fetch one page, stop), "
                                 "no, or auto (forever on a terminal, check under CI=true or without a TTY)",
                         choices=SERVE_MODES)
@@ -99,6 +109,32 @@ def _evaluate(scale: Scale, sae_dir: Path, sae: Any, model: Any, acts: Path, pat
     result = {**(r.reconstruction._asdict() if r.reconstruction else {}), **(r.ce._asdict() if r.ce else {})}
     write_json(path, result)
     return result
+
+
+def _probes(scale: Scale, db: Path, sae: Any, model: Any, device: str, steps: Steps, progress: bool) -> None:
+    """`featurescope multilingual` and `featurescope probe --set safety` on `db`, each skipped when stored."""
+    from featurescope.probes.db import get_meta
+    from featurescope.probes.multilingual import MultilingualConfig, run_multilingual
+    from featurescope.probes.probe import ProbeConfig, ProbeResult, run_probe
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        done_ml, done_probe = get_meta(con, "multilingual"), get_meta(con, "probe:safety")
+    t0 = time.perf_counter()
+    if done_ml:
+        steps.done("multilingual", t0, "stored already")
+    else:
+        m = run_multilingual(MultilingualConfig(db=str(db), verses=scale.verses, device=device), sae=sae, model=model,
+                             progress=progress)
+        steps.done("multilingual", t0, f"{m.listed} cross-lingual features in {', '.join(m.langs)}")
+    t0 = time.perf_counter()
+    if done_probe:
+        steps.done("safety probes", t0, "stored already")
+        return
+    r = run_probe(ProbeConfig(db=str(db), set="safety", permutations=scale.permutations, device=device), sae=sae,
+                  model=model, progress=progress)
+    assert isinstance(r, ProbeResult)
+    found = sum(bool(c.reported) for c in r.categories)
+    steps.done("safety probes", t0, f"features that generalise in {found} of {len(r.categories)} categories")
 
 
 def check_server(url: str, timeout: float = 30.0) -> None:
@@ -161,14 +197,14 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> int:
                               device=device), model=model, progress=progress)
     steps.done("harvest", t0, f"{h.rows:,} rows ({h.new_rows:,} new)")
     t0 = time.perf_counter()
-    batch = min(4096, max(256, scale.tokens // 50))
     t = train(TrainConfig(activations=str(acts), out=str(sae_dir), arch="topk", features=scale.features, k=scale.k,
-                          epochs=scale.epochs, batch_size=batch, device=device), progress=progress)
+                          epochs=scale.epochs, batch_size=scale.batch_size, device=device), progress=progress)
     steps.done("train", t0, f"{t.steps} steps, FVU {t.metrics.get('fvu', float('nan')):.3f}")
     t0 = time.perf_counter()
     a = analyze(AnalyzeConfig(sae=str(t.path), out=str(db), activations=str(acts), device=device), model=model,
                 sae=t.sae, progress=progress)
     steps.done("analyse", t0, f"{a.alive:,} of {a.d_sae:,} features fire{' (resumed or reused)' if a.resumed else ''}")
+    _probes(scale, db, t.sae, model, device, steps, progress)
     t0 = time.perf_counter()
     e = _evaluate(scale, sae_dir, t.sae, model, acts, eval_path)
     steps.done("evaluate", t0, f"CE loss recovered {e.get('loss_recovered', float('nan')):.3f}")

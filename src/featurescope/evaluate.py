@@ -8,7 +8,8 @@ without a held-out part, the figures are in-sample and the result says so (`in_s
 FVU is around the mean: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (raw units). CE loss recovered is a ratio of means
 over the whole evaluation set: (CE_zero − CE_spliced) / (CE_zero − CE_clean), where the reconstruction
 (or zero) replaces the residual stream after block L at every position the SAE reads, and special
-positions (BOS, padding) keep the model's own activation.
+positions (BOS, padding) and massive-activation outliers (`featurescope.outliers`) keep the model's own
+activation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from featurescope.cli_args import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, default_device, load_model
+from featurescope.outliers import outlier_positions
 from featurescope.sae import SAE
 
 
@@ -104,7 +106,8 @@ class _SpliceSAE:
 
     def __call__(self, h: Tensor) -> Tensor:
         assert self.mask is not None
-        m = self.mask.to(h.device).unsqueeze(-1)
+        m = self.mask.to(h.device)
+        m = (m & ~outlier_positions(h.float().norm(dim=-1), m)).unsqueeze(-1)
         new = torch.zeros_like(h) if self.zero else self.sae(h.float()).to(h.dtype)
         return torch.where(m, new, h)
 

@@ -21,6 +21,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.heldout import DEFAULT_HELDOUT
 from featurescope.model_cache import DEFAULT_LAYERS
 from featurescope.models import LanguageModel, load_model
+from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 
 # Settings that must match for a rerun to continue an existing store.
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
@@ -43,6 +44,8 @@ class HarvestConfig:
     seed: int = option(0, "seed of the corpus' document order")
     heldout: float = option(DEFAULT_HELDOUT, "fraction of documents (and contexts) held out of training, for eval "
                             "(0 disables)")
+    max_norm_ratio: float = option(MAX_NORM_RATIO, "positions whose residual norm exceeds this × the batch's median "
+                                   "are not rows, like BOS (massive activations; 0 keeps them)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     model_dtype: str = option("auto", "compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     overwrite: bool = option(False, "delete an existing store of other settings in OUT first")
@@ -106,6 +109,7 @@ def _new_manifest(cfg: HarvestConfig, model: LanguageModel, layer: int, licence:
         "seed": cfg.seed,
         "heldout": cfg.heldout,
         "shard_contexts": cfg.shard_contexts,
+        "max_norm_ratio": cfg.max_norm_ratio,
         "bos_id": model.bos_id,
         "special_token_ids": sorted(model.special_ids),
         "tokens_requested": cfg.tokens,
@@ -215,7 +219,8 @@ def add_shard(manifest: dict[str, Any], record: dict[str, Any]) -> None:
 def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budget: int, cfg: HarvestConfig,
                   special: torch.Tensor, heldout: list[bool] | None = None
                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
-    """Run the model over one shard's contexts (`heldout` flags each); keep at most `budget` non-special positions."""
+    """Run the model over one shard's contexts (`heldout` flags each); keep at most `budget` positions that are
+    neither special nor outliers (`featurescope.outliers`)."""
     tokens = torch.tensor(ctxs, dtype=torch.long)
     mask = ~torch.isin(tokens, special)
     over = torch.cumsum(mask.flatten().long(), 0).view_as(mask) > budget
@@ -226,9 +231,11 @@ def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budge
     for s in range(0, n_ctx, cfg.batch_size):
         ids, m = tokens[s : min(n_ctx, s + cfg.batch_size)], mask[s : min(n_ctx, s + cfg.batch_size)]
         resid = model.residual(ids, layer).float().cpu()
-        kept = resid[m]
         norms = resid.norm(dim=-1)
-        excluded = torch.isin(ids, special)
+        outliers = outlier_positions(norms, ~torch.isin(ids, special), cfg.max_norm_ratio)
+        m &= ~outliers  # a view of `mask`: the stored mask says which positions are rows
+        kept = resid[m]
+        excluded = torch.isin(ids, special) | outliers
         stats["rows"] += int(m.sum())
         stats["sum_norm"] += float(norms[m].sum())
         stats["excluded_positions"] += int(excluded.sum())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import numpy as np
 import pytest
 
-from featurescope.analysis.tokentext import merge_pieces, piece_bytes, readable, token_bytes
+from featurescope.store import FORMAT, VERSION, FeatureStore, create_db
+from featurescope.tokentext import merge_pieces, piece_bytes, readable, token_bytes
 
 # a thin space, two CJK letters, an Arabic-supplement letter and a 4-byte letter: each one Gemma 3 splits into
 # byte tokens (<0xE2> <0x80> <0x89> …), between ordinary tokens
@@ -60,3 +64,60 @@ def test_pieces_give_bytes_and_lone_bytes_read_as_hex():
     assert piece_bytes("Ġâ", "\ufffd") == b" \xe2"  # byte-level BPE (GPT-2's alphabet)
     assert piece_bytes("\ufffd", "\ufffd") == "\ufffd".encode()  # a real replacement character
     assert readable(b"\xe2") == "<0xE2>" and readable(" 龘".encode()) == " 龘"
+
+
+def _tiny_db(path, gemma, old: bool = False):
+    """A two-feature database whose one context holds byte tokens; `old`: as version 1 wrote it."""
+    tok = gemma.tokenizer
+    ids = [gemma.bos_id, *tok(TEXT, add_special_tokens=False)["input_ids"]]
+    names = tok.convert_ids_to_tokens(ids)
+    raw = token_bytes(tok, ids)
+    texts = dict(zip(ids, tok.batch_decode([[i] for i in ids]), strict=True))
+    i = names.index("<0xE2>")
+    acts = np.array([0.0, 3.0, 1.0, 0.0, 0.5, 0.0], dtype="<f4")  # window from the thin space's 2nd byte
+    with create_db(path) as db:
+        db.insert("features", ("id", "count", "density", "mean", "std", "max", "max_context", "max_position",
+                               "decoder_norm"), [(0, 3, 0.1, 1.0, 0.1, 3.0, 0, i + 2, 1.0),
+                                                 (1, 0, 0.0, None, None, 0.0, None, None, 1.0)])
+        db.insert("contexts", ("id", "tokens"), [(0, np.array(ids, dtype="<i4").tobytes())])
+        db.insert("tokens", ("id", "text", "bytes"), [(t, texts[t], raw[t]) for t in sorted(set(ids))])
+        db.insert("examples", ("feature", "kind", "interval", "rank", "value", "context", "position", "start",
+                               "acts"), [(0, "top", 0, 0, 3.0, 0, i + 2, i + 1, acts.tobytes())])
+        db.insert("logit_effects", ("feature", "sign", "rank", "token", "value"),
+                  [(0, 1, 0, ids[i], 1.5), (0, -1, 0, ids[1], -1.0)])
+        db.insert("neighbours", ("feature", "rank", "other", "cosine"), [(0, 0, 1, 0.5), (1, 0, 0, 0.5)])
+        db.insert("labels", ("feature", "kind", "text", "score", "details", "score_lower"),
+                  [(0, "auto", "a", 0.9, "{}", 0.8), (0, "llm", "b", 1.0, "{}", 0.4)])
+        db.meta({"format": FORMAT, "version": 1 if old else VERSION, "d_sae": 2})
+    if old:
+        con = sqlite3.connect(path)
+        with con:
+            con.execute("ALTER TABLE tokens DROP COLUMN bytes")
+            con.execute("ALTER TABLE labels DROP COLUMN score_lower")
+        con.close()
+    return ids, i
+
+
+def test_the_database_shows_characters_and_reads_lone_bytes_as_hex(gemma, tmp_path):
+    ids, i = _tiny_db(tmp_path / "f.db", gemma)
+    with FeatureStore.open(tmp_path / "f.db") as store:
+        f = store.feature(0)
+    (ex,) = f.top
+    assert ex.token_ids == ids[i + 1:i + 7] and len(ex.tokens) == len(ex.acts) == 6
+    assert ex.tokens[:3] == ["\u2009", "", "b"]  # the window starts inside the thin space: still shown
+    assert ex.acts[:2] == [3.0, 3.0] and ex.acts[2:4] == [1.0, 0.0]
+    assert ex.tokens[4:] == ["龘", ""] and ex.acts[4:] == [0.5, 0.5]  # its 3rd byte is past the window's end
+    assert "\ufffd" not in "".join(ex.tokens) and "".join(ex.tokens) in TEXT
+    assert f.positive_logits[0].text == "<0xE2>"  # a lone promoted byte token, readable
+    assert [lb.kind for lb in f.labels] == ["auto", "llm"] and f.label.score_lower == 0.8  # ranked by the bound
+    assert f.label.rank_score == 0.8
+
+
+def test_version_1_databases_read_as_before(gemma, tmp_path):
+    _tiny_db(tmp_path / "old.db", gemma, old=True)
+    with FeatureStore.open(tmp_path / "old.db") as store:
+        f = store.feature(0)
+        assert store.top(by="label-score", n=1)[0].score == 1.0
+    assert "\ufffd" in "".join(f.top[0].tokens)  # no bytes recorded: the old per-token text
+    assert f.positive_logits[0].text == "\ufffd"
+    assert [lb.kind for lb in f.labels] == ["llm", "auto"] and f.label.score_lower is None  # ranked by score

@@ -60,10 +60,10 @@ def piece_bytes(piece: str, text: str) -> bytes:
     return text.encode("utf-8")  # a real "�" in the vocabulary
 
 
-def token_bytes(tokenizer: Any, ids: Sequence[int]) -> dict[int, bytes]:
-    """Token id → its raw bytes, for `ids` (see `piece_bytes`)."""
+def token_bytes(tokenizer: Any, ids: Sequence[int], decoded: dict[int, str] | None = None) -> dict[int, bytes]:
+    """Token id → its raw bytes, for `ids` (see `piece_bytes`); `decoded`: each id's text, if already decoded."""
     ids = [int(i) for i in ids]
-    texts = tokenizer.batch_decode([[i] for i in ids])
+    texts = ([decoded[i] for i in ids] if decoded is not None else tokenizer.batch_decode([[i] for i in ids]))
     pieces = tokenizer.convert_ids_to_tokens(ids)
     return {i: piece_bytes(p if isinstance(p, str) else "", t) for i, p, t in zip(ids, pieces, texts, strict=True)}
 
@@ -132,6 +132,18 @@ def _owners(byte_seqs: Sequence[bytes]) -> list[tuple[int, str]]:
     if pending:  # a character cut off at the end: left out
         out[first] = (first, text)
     return [(f, out[f][1]) for f, _ in out]
+
+
+def text_has_words(text: str | None, words: str | None) -> bool:
+    """Whether `text` contains `words` as whole words (case-insensitive; not inside a longer word)."""
+    if not text or not words or not words.strip():
+        return False
+    return _word_pattern(words.strip()).search(text) is not None
+
+
+@lru_cache(maxsize=64)
+def _word_pattern(words: str) -> re.Pattern[str]:
+    return re.compile(r"(?<!\w)" + re.escape(words) + r"(?!\w)", re.IGNORECASE)
 
 
 def merged_texts(byte_seqs: Sequence[bytes]) -> list[str]:

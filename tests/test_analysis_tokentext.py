@@ -52,6 +52,8 @@ def test_a_window_inside_a_context_shows_characters_cut_by_its_edges(pieces):
     assert window.texts[0] == "\u2009" and window.texts[1] == "" and window.acts[:2] == [2.0, 2.0]
     alone = merge_pieces(raw[i + 1:i + 4])  # a sequence that starts mid-character: the cut character is left out
     assert "".join(alone.texts) == "b"
+    after_bos = merge_pieces([b"<bos>", *raw[i + 1:i + 4]])  # a context cut inside a character: its tail after BOS
+    assert after_bos.texts[:3] == ["<bos>", "", ""] and "".join(after_bos.texts) == "<bos>b"
     cut = merge_pieces(raw[:i + 2])  # ends mid-character
     assert "".join(cut.texts) == TEXT[:TEXT.index("\u2009")]
     with pytest.raises(ValueError, match="outside"):

@@ -6,7 +6,8 @@ byte tokens `<0xE2> <0x80> <0x89>`; decoding each alone gives "�". `token_byte
 `merge_pieces` decodes a run of tokens incrementally, so a character split over several tokens is shown
 once. Its output keeps one entry per token (positions stay aligned with token ids): the character goes on
 the first of its tokens that is shown, its other tokens show "" and every one of them carries the max of
-their activations. A character cut off by the edge of the sequence is left out (""), never shown as "�".
+their activations. A character cut off by the edge of the sequence (or by a context boundary, which leaves
+its last bytes after BOS) is left out (""), never shown as "�".
 """
 
 from __future__ import annotations
@@ -113,15 +114,13 @@ def _owners(byte_seqs: Sequence[bytes]) -> list[tuple[int, str]]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out: list[tuple[int, str]] = []
     first, text, pending = 0, "", False
-    leading = True  # continuation bytes before the first lead byte belong to a character cut off at the start
     for i, raw in enumerate(byte_seqs):
         data = bytes(raw)
-        if leading:
+        if not pending:  # continuation bytes with no lead byte before them: a character cut off (e.g. after BOS)
             k = 0
             while k < len(data) and _is_continuation(data[k]):
                 k += 1
             data = data[k:]
-            leading = not data
         if not pending:
             first, text = i, ""
         text += decoder.decode(data)

@@ -6,7 +6,9 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 
+from featurescope.analysis.write import Finished, _peak_characters
 from featurescope.store import FORMAT, VERSION, FeatureStore, create_db
 from featurescope.tokentext import merge_pieces, piece_bytes, readable, token_bytes
 
@@ -123,3 +125,13 @@ def test_version_1_databases_read_as_before(gemma, tmp_path):
     assert "\ufffd" in "".join(f.top[0].tokens)  # no bytes recorded: the old per-token text
     assert f.positive_logits[0].text == "\ufffd"
     assert [lb.kind for lb in f.labels] == ["llm", "auto"] and f.label.score_lower is None  # ranked by score
+
+
+def test_a_byte_token_at_the_peaks_is_named_by_its_character(gemma, pieces):
+    ids, raw, names = pieces
+    i = names.index("<0x80>")  # the thin space's second byte
+    context = torch.tensor([[gemma.bos_id, *ids]], dtype=torch.int32)
+    fin = Finished(None, torch.tensor([7]), context, {}, None, None, None, None, dict(zip(ids, raw, strict=True)))
+    chars = _peak_characters(fin, torch.tensor([7, 7]), torch.tensor([i + 1, i]), torch.tensor([ids[i], ids[i - 1]]),
+                             [ids[i]])
+    assert chars == {ids[i]: "\u2009"}

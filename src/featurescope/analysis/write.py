@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ from featurescope.analysis.logit_effects import LogitEffects
 from featurescope.analysis.neighbours import Neighbours, unit_rows
 from featurescope.analysis.state import Accumulators
 from featurescope.store import create_db
-from featurescope.tokentext import readable
+from featurescope.tokentext import merge_pieces, readable
 
 LABEL_CHUNK = 512
 
@@ -145,9 +146,37 @@ def _label_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
         for i in range(hi - lo):
             valid = top_ctx[i] != EMPTY
             held_out = (q_ctx[i] != EMPTY) & ~torch.isin(q_ctx[i], top_ctx[i][valid])
-            label = auto_label(peaks[i][valid].tolist(), token_freq, out_ids[lo + i].tolist(), texts,
-                               q_win[i][held_out], neg_win[i][neg_ctx[i] != EMPTY])
+            args = (peaks[i][valid].tolist(), token_freq, out_ids[lo + i].tolist())
+            windows = (q_win[i][held_out], neg_win[i][neg_ctx[i] != EMPTY])
+            label = auto_label(*args, texts, *windows)
+            raw = fin.token_bytes or {}
+            byte_inputs = [t for t in label.details["input_tokens"] if t in raw and not _whole(raw[t])]
+            if byte_inputs:  # a byte token at the peaks: name the character it is part of there
+                chars = _peak_characters(fin, top_ctx[i][valid], top_pos[i][valid], peaks[i][valid], byte_inputs)
+                label = auto_label(*args, {**texts, **chars}, *windows)
             yield (lo + i, "auto", label.text, label.score, json.dumps(label.details), label.score_lower)
+
+
+def _whole(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _peak_characters(fin: Finished, ctx: Tensor, pos: Tensor, peaks: Tensor, byte_ids: list[int]) -> dict[int, str]:
+    """For each byte token of `byte_ids`: the character it is part of at the peaks (the most frequent one)."""
+    assert fin.token_bytes is not None
+    rows = _rows_of(fin, ctx).tolist()
+    found: dict[int, Counter[str]] = {t: Counter() for t in byte_ids}
+    for r, p, t in zip(rows, pos.tolist(), peaks.tolist(), strict=True):
+        if t in found:
+            seq = [fin.token_bytes.get(int(i), b"") for i in fin.context_tokens[r].tolist()]
+            char = merge_pieces(seq, [0.0], p).texts[0]
+            if char:
+                found[t][char] += 1
+    return {t: c.most_common(1)[0][0] for t, c in found.items() if c}
 
 
 def token_ids_used(acc: Accumulators, context_tokens: Tensor, logits: LogitEffects) -> list[int]:

@@ -101,6 +101,31 @@ def test_quantile_samples_fill_their_intervals_exactly():
         assert torch.equal(hist.counts[f], expected_hist)
 
 
+def test_quantile_samples_leave_out_the_top_contexts():
+    """Excluded (feature, context) pairs are never sampled; each interval fills from the other contexts."""
+    batches = _stream(25)
+    every = torch.cat(batches)
+    maxes = every.amax(dim=(0, 1))
+    g = torch.Generator().manual_seed(3)
+    exclude = torch.randint(0, 100, (12, 6), generator=g)
+    exclude[:, -1] = EMPTY
+    q = QuantileSamples(maxes, intervals=10, per_interval=3, window=8, generator=torch.Generator().manual_seed(1),
+                        exclude=exclude)
+    for b, dense in enumerate(batches):
+        q.update(torch.arange(b * 4, b * 4 + 4), _codes(dense))
+    for f in range(12):
+        allowed = torch.ones(100, dtype=torch.bool)
+        allowed[exclude[f][exclude[f] != EMPTY]] = False
+        v = every[allowed][..., f]
+        v = v[v > 0]
+        ctx = q.context.view(12, 10, 3)[f]
+        assert not torch.isin(ctx[ctx != EMPTY], exclude[f]).any()
+        for j in range(10):
+            in_interval = int((bin_index(v, maxes[f].expand_as(v), 10) == j).sum())
+            assert int((ctx[j] != EMPTY).sum()) == min(3, in_interval), (f, j)
+    assert "exclude" not in q.state_dict()
+
+
 def test_quantile_reservoir_is_uniform():
     """Each of 40 firing tokens, streamed in 5 batches, is kept with probability per_interval / 40."""
     dense = torch.ones(8, 1, 1)  # a batch: 8 one-token contexts, all in the single interval

@@ -21,9 +21,11 @@ from torch import Tensor
 
 from featurescope.atomic import atomic_path
 from featurescope.errors import FeaturescopeError
+from featurescope.tokentext import merge_pieces, readable, text_has_words
 
 FORMAT = "featurescope.features"
-VERSION = 1
+VERSION = 2
+"""2: `tokens.bytes` (each token's raw bytes) and `labels.score_lower`; version 1 databases read as before."""
 DECODER_CHUNK = 4096
 """Decoder rows per blob of the `decoder` table."""
 BATCH_ROWS = 20_000
@@ -36,7 +38,7 @@ CREATE TABLE features (
     max REAL NOT NULL, max_context INTEGER, max_position INTEGER, decoder_norm REAL NOT NULL);
 CREATE TABLE histograms (feature INTEGER PRIMARY KEY, max REAL NOT NULL, counts TEXT NOT NULL);
 CREATE TABLE contexts (id INTEGER PRIMARY KEY, tokens BLOB NOT NULL);
-CREATE TABLE tokens (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE tokens (id INTEGER PRIMARY KEY, text TEXT NOT NULL, bytes BLOB);
 CREATE TABLE examples (
     feature INTEGER NOT NULL, kind TEXT NOT NULL, interval INTEGER NOT NULL, rank INTEGER NOT NULL,
     value REAL NOT NULL, context INTEGER NOT NULL, position INTEGER NOT NULL, start INTEGER NOT NULL,
@@ -50,7 +52,7 @@ CREATE TABLE neighbours (
 CREATE TABLE map (feature INTEGER PRIMARY KEY, x REAL NOT NULL, y REAL NOT NULL);
 CREATE TABLE labels (
     feature INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, score REAL, details TEXT NOT NULL,
-    PRIMARY KEY (feature, kind)) WITHOUT ROWID;
+    score_lower REAL, PRIMARY KEY (feature, kind)) WITHOUT ROWID;
 CREATE TABLE decoder (start INTEGER PRIMARY KEY, rows INTEGER NOT NULL, data BLOB NOT NULL);
 """
 INDEXES = """
@@ -103,7 +105,10 @@ class Example(NamedTuple):
     """Position in the context of the window's first token."""
     token_ids: list[int]
     tokens: list[str]
+    """Each token's text, byte tokens merged into characters (`featurescope.tokentext`): "" for a byte token whose
+    character is shown on an earlier token."""
     acts: list[float]
+    """The activation on each token; the tokens of one character all carry the max of theirs."""
 
 
 class TokenEffect(NamedTuple):
@@ -129,6 +134,13 @@ class Label(NamedTuple):
     text: str
     score: float | None
     details: dict[str, Any]
+    score_lower: float | None = None
+    """The score's lower 95% confidence bound (labels rank by it); None where unscored or in version 1 databases."""
+
+    @property
+    def rank_score(self) -> float:
+        """What labels are ranked by: the lower bound, else the score, else −1."""
+        return label_rank(self.score, self.score_lower)
 
 
 class Feature(NamedTuple):
@@ -160,13 +172,21 @@ class FeatureSummary(NamedTuple):
     max: float
     label: str
     score: float | None
+    score_lower: float | None = None
+
+
+def label_rank(score: float | None, score_lower: float | None) -> float:
+    """A label's rank: its score's lower confidence bound, else its score (version 1 databases), else −1."""
+    if score_lower is not None:
+        return score_lower
+    return score if score is not None else -1.0
 
 
 def best_label(labels: Sequence[Label]) -> Label | None:
-    """The label with the highest score (unscored last; `llm` before `auto` on ties)."""
+    """The label ranked highest by `Label.rank_score` (unscored last; `llm` before `auto` on ties)."""
     if not labels:
         return None
-    return max(labels, key=lambda lb: (lb.score if lb.score is not None else -1.0, lb.kind == "llm"))
+    return max(labels, key=lambda lb: (lb.rank_score, lb.kind == "llm"))
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -275,6 +295,13 @@ def copy_db(src: str | Path, dst: str | Path) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------------
+def _has_column(con: sqlite3.Connection, table: str, column: str) -> bool:
+    try:
+        return any(r[1] == column for r in con.execute(f"PRAGMA table_info({table})").fetchall())
+    except sqlite3.DatabaseError:
+        return False
+
+
 def _ints(blob: bytes) -> list[int]:
     return np.frombuffer(blob, dtype="<i4").tolist()
 
@@ -290,6 +317,9 @@ class FeatureStore:
         self.path, self.con, self.meta = path, con, meta
         self.d_sae = int(meta["d_sae"])
         self._unit: Tensor | None = None
+        self._has_bytes = _has_column(con, "tokens", "bytes")
+        self._lower = "score_lower" if _has_column(con, "labels", "score_lower") else "NULL"
+        con.create_function("fs_words", 2, text_has_words, deterministic=True)
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
@@ -338,7 +368,7 @@ class FeatureStore:
         examples = self.examples(i)
         effects = self.con.execute("SELECT sign, token, value FROM logit_effects WHERE feature = ? "
                                    "ORDER BY sign DESC, rank", (i,)).fetchall()
-        texts = self.token_texts({t for _, t, _ in effects})
+        texts = self.token_texts({t for _, t, _ in effects})  # a lone byte token reads `<0xE2>`
         pos = [TokenEffect(t, texts.get(t, ""), v) for s, t, v in effects if s > 0]
         neg = [TokenEffect(t, texts.get(t, ""), v) for s, t, v in effects if s < 0]
         xy = self.con.execute("SELECT x, y FROM map WHERE feature = ?", (i,)).fetchone()
@@ -358,29 +388,39 @@ class FeatureStore:
             sql, args = sql + " AND kind = ?", (i, kind)
         rows = self.con.execute(sql + " ORDER BY kind DESC, interval DESC, rank", args).fetchall()
         ctx = self.context_tokens({r[4] for r in rows})
+        raw = self.token_bytes({t for c in {r[4] for r in rows} for t in ctx[c]})
         out = []
         for kind_, interval, rank, value, c, pos, start, acts_blob in rows:
             acts = _floats(acts_blob)
             ids = ctx[c][start:start + len(acts)]
-            out.append(Example(kind_, interval, rank, value, c, pos, start, ids, [], acts))
-        texts = self.token_texts({t for e in out for t in e.token_ids})
-        return [e._replace(tokens=[texts.get(t, "") for t in e.token_ids]) for e in out]
+            merged = merge_pieces([raw.get(t, b"") for t in ctx[c]], acts, start)  # characters across the window edge
+            out.append(Example(kind_, interval, rank, value, c, pos, start, ids, merged.texts, merged.acts))
+        return out
 
     def labels(self, i: int) -> list[Label]:
-        """Feature `i`'s labels, best first."""
-        rows = self.con.execute("SELECT kind, text, score, details FROM labels WHERE feature = ?",
+        """Feature `i`'s labels, best first (by `Label.rank_score`)."""
+        rows = self.con.execute(f"SELECT kind, text, score, details, {self._lower} FROM labels WHERE feature = ?",
                                 (self.check_id(i),)).fetchall()
-        labels = [Label(k, t, s, json.loads(d)) for k, t, s, d in rows]
-        return sorted(labels, key=lambda lb: (lb.score if lb.score is not None else -1.0, lb.kind == "llm"),
-                      reverse=True)
+        labels = [Label(k, t, s, json.loads(d), lo) for k, t, s, d, lo in rows]
+        return sorted(labels, key=lambda lb: (lb.rank_score, lb.kind == "llm"), reverse=True)
 
     def context_tokens(self, ids: Iterable[int]) -> dict[int, list[int]]:
         """Token ids of the stored contexts `ids`."""
         return {c: _ints(b) for c, b in self._select_in("SELECT id, tokens FROM contexts WHERE id IN", ids)}
 
     def token_texts(self, ids: Iterable[int]) -> dict[int, str]:
-        """The strings of token ids (those stored in the database)."""
-        return dict(self._select_in("SELECT id, text FROM tokens WHERE id IN", ids))
+        """Each token's own text (those stored in the database); a lone byte token reads `<0xNN>` (version 2)."""
+        if not self._has_bytes:
+            return dict(self._select_in("SELECT id, text FROM tokens WHERE id IN", ids))
+        return {i: readable(b) if b is not None else t
+                for i, t, b in self._select_in("SELECT id, text, bytes FROM tokens WHERE id IN", ids)}
+
+    def token_bytes(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """Each token's raw bytes (version 1 databases: the UTF-8 of its stored text, "�" for byte tokens)."""
+        if not self._has_bytes:
+            return {i: t.encode("utf-8") for i, t in self._select_in("SELECT id, text FROM tokens WHERE id IN", ids)}
+        return {i: b if b is not None else t.encode("utf-8")
+                for i, t, b in self._select_in("SELECT id, text, bytes FROM tokens WHERE id IN", ids)}
 
     def _select_in(self, sql: str, ids: Iterable[int]) -> list[tuple[Any, ...]]:
         ids = sorted({int(i) for i in ids})
@@ -402,15 +442,21 @@ class FeatureStore:
         return torch.tensor([r[0] for r in rows], dtype=torch.float64)
 
     def _summaries(self, where: str, args: Sequence[Any], order: str, n: int) -> list[FeatureSummary]:
-        sql = ("SELECT f.id, f.density, f.max, COALESCE(l.text, ''), l.score FROM features f "
-               "LEFT JOIN (SELECT feature, text, score, ROW_NUMBER() OVER (PARTITION BY feature ORDER BY "
-               "COALESCE(score, -1) DESC, kind = 'llm' DESC) AS r FROM labels) l ON l.feature = f.id AND l.r = 1 "
-               f"{where} ORDER BY {order} LIMIT ?")
+        sql = ("SELECT f.id, f.density, f.max, COALESCE(l.text, ''), l.score, l.lower FROM features f "
+               f"LEFT JOIN (SELECT feature, text, score, {self._lower} AS lower, ROW_NUMBER() OVER (PARTITION BY "
+               f"feature ORDER BY {self.label_rank_sql()} DESC, kind = 'llm' DESC) AS r FROM labels) l "
+               f"ON l.feature = f.id AND l.r = 1 {where} ORDER BY {order} LIMIT ?")
         return [FeatureSummary(*row) for row in self.con.execute(sql, (*args, n)).fetchall()]
+
+    def label_rank_sql(self, prefix: str = "") -> str:
+        """SQL for `label_rank` over the labels table (columns prefixed by `prefix`)."""
+        if self._lower == "NULL":
+            return f"COALESCE({prefix}score, -1)"
+        return f"COALESCE({prefix}score_lower, {prefix}score, -1)"
 
     def top(self, by: str = "density", n: int = 20, *, ascending: bool = False) -> list[FeatureSummary]:
         """`n` features ordered by density, max, label-score, mean or id (highest first unless `ascending`)."""
-        column = {"density": "f.density", "max": "f.max", "label-score": "COALESCE(l.score, -1)",
+        column = {"density": "f.density", "max": "f.max", "label-score": "COALESCE(l.lower, l.score, -1)",
                   "mean": "COALESCE(f.mean, 0)", "id": "f.id"}.get(by)
         if column is None:
             raise FeaturescopeError(f"cannot order features by {by!r}; choose one of {', '.join(TOP_BY)}")
@@ -420,12 +466,14 @@ class FeatureStore:
         return self._summaries("", (), f"{column} {direction}, f.id", n)
 
     def search_labels(self, text: str, n: int = 20) -> list[FeatureSummary]:
-        """Features with a label containing `text` (case-insensitive), best label score first."""
+        """Features with a label containing `text` as whole words (case-insensitive: "sea" finds "Sea, River",
+        not "season"), best ranked label first."""
         if not text or not text.strip():
             raise FeaturescopeError("empty search text")
-        pattern = "%" + text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where = ("WHERE f.id IN (SELECT feature FROM labels WHERE text LIKE ? ESCAPE '\\')")
-        return self._summaries(where, (pattern,), "COALESCE(l.score, -1) DESC, f.id", n)
+        query = text.strip()
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = ("WHERE f.id IN (SELECT feature FROM labels WHERE text LIKE ? ESCAPE '\\' AND fs_words(text, ?))")
+        return self._summaries(where, (pattern, query), "COALESCE(l.lower, l.score, -1) DESC, f.id", n)
 
     # -- neighbours ----------------------------------------------------------------------------
     def unit_decoder(self) -> Tensor:
@@ -459,8 +507,9 @@ class FeatureStore:
 
     def _best_labels(self, ids: Iterable[int]) -> dict[int, str]:
         best: dict[int, tuple[float, str]] = {}
-        for f, text, score in self._select_in("SELECT feature, text, score FROM labels WHERE feature IN", ids):
-            s = score if score is not None else -1.0
+        for f, text, score, lower in self._select_in(
+                f"SELECT feature, text, score, {self._lower} FROM labels WHERE feature IN", ids):
+            s = label_rank(score, lower)
             if f not in best or s > best[f][0]:
                 best[f] = (s, text)
         return {f: t for f, (_, t) in best.items()}

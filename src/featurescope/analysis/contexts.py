@@ -2,8 +2,10 @@
 
 - `TopContexts`: the K contexts where each feature's activation peaks highest (one entry per context).
 - `QuantileSamples`: for each of n equal-width intervals of [0, max], a uniform sample of m firing tokens
-  (SAEDashboard's 10 × 5). Each candidate gets a random key and each (feature, interval) keeps the m
-  smallest keys — a reservoir that merges with top-k. Needs each feature's max, so it runs in a second pass.
+  (SAEDashboard's 10 × 5) from contexts that are not among the feature's top contexts (so the samples
+  never repeat a top example). Each candidate gets a random key and each (feature, interval) keeps the m
+  smallest keys — a reservoir that merges with top-k. Needs each feature's max and top contexts, so it
+  runs in a second pass.
 - `NegativeWindows`: a uniform sample of fixed windows on which the feature does not fire at all.
 
 Top and quantile entries keep the feature's activations over a window of W tokens around their position,
@@ -103,13 +105,15 @@ class TopContexts(_Slots):
 
 
 class QuantileSamples(_Slots):
-    """`per_interval` uniformly sampled firing tokens in each of `intervals` equal-width intervals of [0, max]."""
+    """`per_interval` uniformly sampled firing tokens in each of `intervals` equal-width intervals of [0, max],
+    leaving out the contexts in each feature's row of `exclude` [d_sae, K] (its top contexts; EMPTY = none)."""
 
     def __init__(self, max_act: Tensor, intervals: int, per_interval: int, window: int,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, exclude: Tensor | None = None) -> None:
         d_sae = len(max_act)
         super().__init__(d_sae * intervals, per_interval, window, max_act.device, windows=True)
         self.max = max_act.float()
+        self.exclude = None if exclude is None else exclude.to(max_act.device)
         self.intervals, self.per_interval = intervals, per_interval
         self.key = torch.full((d_sae * intervals, per_interval), float("inf"), device=max_act.device)
         self.generator = generator
@@ -120,6 +124,10 @@ class QuantileSamples(_Slots):
         group = codes.feat * n + bin_index(codes.value, self.max[codes.feat], n)
         key = torch.rand(len(group), generator=self.generator, device=self.generator.device).to(self.key.device)
         sel = key < self.key.max(dim=1).values[group]
+        if self.exclude is not None:  # tokens of a feature's own top contexts are no candidates
+            idx = sel.nonzero().squeeze(1)
+            ctx_ids = contexts.to(idx.device)[codes.ctx[idx]]
+            sel[idx[(self.exclude[codes.feat[idx]] == ctx_ids[:, None]).any(1)]] = False
         group, key, cand = group[sel], key[sel], sel.nonzero().squeeze(1)
         if not len(group):
             return
@@ -152,6 +160,7 @@ class QuantileSamples(_Slots):
     def state_dict(self) -> dict[str, Tensor]:
         state = super().state_dict()
         state.pop("max")
+        state.pop("exclude", None)
         return state
 
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from featurescope.analysis.labels import detection_score, show_token
+from featurescope.analysis.labels import MIN_NEGATIVES, MIN_POSITIVES, detection_score, label_score, show_token
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
 from featurescope.store import Example, Feature
@@ -37,6 +37,8 @@ class Explanation(NamedTuple):
     text: str
     score: float | None
     details: dict[str, Any]
+    score_lower: float | None = None
+    """The score's lower 95% bound (`labels.score_lower`)."""
 
 
 # -- chat backends -------------------------------------------------------------------------------
@@ -229,4 +231,8 @@ def explain_feature(explainer: Explainer, feature: Feature, *, examples: int = 1
     details["truth"] = truth
     if det is None:
         return Explanation(text, None, {**details, "error": "held-out windows lack positives or negatives"})
-    return Explanation(text, det.balanced_accuracy, {**details, "detection": det._asdict()})
+    score, lower = label_score(det)
+    if score is None:
+        return Explanation(text, None, {**details, "detection": det._asdict(), "unscored": f"fewer than "
+                                        f"{MIN_POSITIVES} held-out positives or {MIN_NEGATIVES} negatives"})
+    return Explanation(text, score, {**details, "detection": det._asdict(), "score_lower": lower}, lower)

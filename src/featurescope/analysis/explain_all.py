@@ -81,10 +81,15 @@ def _load_progress(path: Path, identity: Any, explainer: str) -> dict[str, Any]:
 
 
 def _write_labels(db: Path, labels: dict[str, Any]) -> None:
-    rows = [(int(f), "llm", v["text"], v["score"], json.dumps(v["details"])) for f, v in labels.items()]
+    rows = [(int(f), "llm", v["text"], v["score"], json.dumps(v["details"]), v.get("score_lower"))
+            for f, v in labels.items()]
     with update_db(db) as con:
-        con.executemany("INSERT OR REPLACE INTO labels (feature, kind, text, score, details) VALUES (?, ?, ?, ?, ?)",
-                        rows)
+        if any(r[1] == "score_lower" for r in con.execute("PRAGMA table_info(labels)")):
+            con.executemany("INSERT OR REPLACE INTO labels (feature, kind, text, score, details, score_lower) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        else:  # a version 1 database: no lower bounds
+            con.executemany("INSERT OR REPLACE INTO labels (feature, kind, text, score, details) VALUES "
+                            "(?, ?, ?, ?, ?)", [r[:5] for r in rows])
 
 
 def _llm_labels(store: FeatureStore, explainer: str) -> dict[int, float | None]:

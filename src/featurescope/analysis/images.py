@@ -30,6 +30,7 @@ from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE
 from featurescope.store import FeatureStore, update_db
+from featurescope.tokentext import merge_pieces, token_bytes
 from featurescope.vision.db import ANALYSIS_SCHEMA, ANALYSIS_TABLES, insert, replace_tables
 from featurescope.vision.store import ImagePositions, image_records, is_multimodal, read_positions
 from featurescope.vision.store import thumbnail as store_thumbnail
@@ -156,9 +157,8 @@ def _grids(store: ActivationStore, sae: SAE, source: StoreBatches, top: TopConte
     return out
 
 
-def _token_texts(tokenizer: Any, ids: set[int]) -> dict[int, str]:
-    ordered = sorted(ids)
-    return dict(zip(ordered, tokenizer.batch_decode([[i] for i in ordered]), strict=True))
+def _token_bytes(tokenizer: Any, ids: set[int]) -> dict[int, bytes]:
+    return token_bytes(tokenizer, sorted(ids))
 
 
 def _text_rows(p1: _Pass1, source: StoreBatches, records: dict[int, dict[str, Any]], tokenizer: Any
@@ -172,7 +172,7 @@ def _text_rows(p1: _Pass1, source: StoreBatches, records: dict[int, dict[str, An
     row_of = {int(c): j for j, c in enumerate(ctx_ids.tolist())}
     start = window_start(top.position.cpu(), T, W)
     used = {int(t) for t in tokens.flatten().tolist()}
-    texts = _token_texts(tokenizer, used)
+    raw = _token_bytes(tokenizer, used)
     rows = []
     for f, slots in enumerate(order.tolist()):
         rank = 0
@@ -181,10 +181,11 @@ def _text_rows(p1: _Pass1, source: StoreBatches, records: dict[int, dict[str, An
                 continue
             c, st = int(top.context[f, s]), int(start[f, s])
             length = min(W, int(records[c]["tokens"]) - st)
-            ids = tokens[row_of[c], st:st + length].tolist()
-            acts = top.acts[f, s, :length].float().cpu().numpy().astype("<f4").tobytes()
+            merged = merge_pieces([raw[i] for i in tokens[row_of[c]].tolist()],  # byte tokens as characters
+                                  top.acts[f, s, :length].float().cpu().tolist(), st)
+            acts = np.asarray(merged.acts, dtype="<f4").tobytes()
             rows.append((f, rank, float(top.value[f, s]), c, int(top.position[f, s]), st,
-                         json.dumps([texts[i] for i in ids], ensure_ascii=False), acts))
+                         json.dumps(merged.texts, ensure_ascii=False), acts))
             rank += 1
     return rows
 

@@ -39,6 +39,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
 from featurescope.store import FORMAT, VERSION, FeatureStore
+from featurescope.tokentext import token_bytes
 
 DEFAULT_TOKENS = 1_000_000
 BATCH_FLOATS = 1 << 26
@@ -291,6 +292,7 @@ def _finish(cfg: AnalyzeConfig, s: _Setup, acc: state.Accumulators, info: dict[s
     steps.update(1)
     used = token_ids_used(acc, tokens, logits)
     texts = dict(zip(used, s.model.tokenizer.batch_decode([[i] for i in used]), strict=True))
+    raw = token_bytes(s.model.tokenizer, used, texts)
     quality = acc.stats.quality()
     meta = {
         "format": FORMAT, "version": VERSION, "featurescope_version": __version__,
@@ -309,7 +311,7 @@ def _finish(cfg: AnalyzeConfig, s: _Setup, acc: state.Accumulators, info: dict[s
         "quality": {**quality, "alive": int((acc.stats.count > 0).sum())}, "sae_metrics": _sae_metrics(cfg.sae),
         "identity": identity,
     }
-    write_db(out, Finished(acc, ids, tokens, texts, logits, nb, fmap, w_dec), meta, passes_seconds=info["seconds"],
+    write_db(out, Finished(acc, ids, tokens, texts, logits, nb, fmap, w_dec, raw), meta, passes_seconds=info["seconds"],
              started=t0)
     steps.update(1)
     steps.close()

@@ -17,6 +17,10 @@ from featurescope.analysis.search import TextSearch
 from featurescope.store import Example, Feature, FeatureSummary, Neighbour
 
 BARS = " ▁▂▃▄▅▆▇█"
+LABEL_HELP = ("label: the tokens the feature fires on most (→ the tokens it promotes, shown only where they agree); "
+              "(various): none stands out. score: detection balanced accuracy on held-out windows (0.5 chance, "
+              "1 perfect), blank with under 10 firing or 5 non-firing windows; ≥: its lower 95% bound, which "
+              "ranks labels.")
 
 
 def _style(act: float, top: float) -> str:
@@ -62,15 +66,16 @@ def feature_panel(feature: Feature, *, examples: int = 10, per_interval: int = 1
     head = Text()
     head.append(f"Feature {feature.id}", style="bold")
     if label is not None:
-        score = f" (score {label.score:.2f})" if label.score is not None else ""
+        score = f" (score {_score(label.score, label.score_lower)})" if label.score is not None else ""
         head.append(f"  {label.text}{score}")
     lines = [f"density {s.density:.3g} ({s.count} tokens)   max {s.max:.4g}   "
              + (f"mean {s.mean:.4g} ± {s.std:.3g}" if s.mean is not None else "never fires")]
     if feature.histogram is not None:
         lines.append(f"histogram (0 … {feature.histogram.max:.3g}): {sparkline(feature.histogram.counts)}")
     for lb in feature.labels:
-        score = f"{lb.score:.2f}" if lb.score is not None else "n/a"
+        score = _score(lb.score, lb.score_lower) if lb.score is not None else "n/a"
         lines.append(f"{lb.kind} label: {lb.text}  [score {score}]")
+    lines.append(LABEL_HELP)
     parts: list[object] = [Panel(Group(head, *(Text(line) for line in lines)), expand=True)]
     logits = Table(title="logit effects", title_justify="left")
     logits.add_column("promotes")
@@ -103,19 +108,26 @@ def neighbours_table(feature: int, neighbours: Sequence[Neighbour]) -> Table:
     return table
 
 
+def _score(score: float | None, lower: float | None) -> str:
+    """`0.93 ≥0.85`: a score and its lower bound (blank when unscored)."""
+    if score is None:
+        return ""
+    return f"{score:.2f}" + (f" ≥{lower:.2f}" if lower is not None else "")
+
+
 def summary_table(title: str, rows: Sequence[FeatureSummary]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption=LABEL_HELP, caption_justify="left")
     for col, justify in (("feature", "right"), ("density", "right"), ("max", "right"), ("score", "right"),
                          ("label", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
-        table.add_row(str(r.id), f"{r.density:.3g}", f"{r.max:.4g}", f"{r.score:.2f}" if r.score is not None else "",
-                      r.label)
+        table.add_row(str(r.id), f"{r.density:.3g}", f"{r.max:.4g}", _score(r.score, r.score_lower), r.label)
     return table
 
 
 def search_table(result: TextSearch) -> Table:
-    table = Table(title="features firing on the text", title_justify="left", expand=True)
+    table = Table(title="features firing on the text", title_justify="left", expand=True, caption=LABEL_HELP,
+                  caption_justify="left")
     table.add_column("feature", justify="right")
     table.add_column("max", justify="right")
     table.add_column("of corpus max", justify="right")
@@ -123,7 +135,8 @@ def search_table(result: TextSearch) -> Table:
     table.add_column("strongest tokens")
     table.add_column("activations on the text")
     for hit in result.hits:
-        best = sorted(range(len(hit.acts)), key=lambda i: -hit.acts[i])[:3]
+        shown = [i for i, t in enumerate(result.tokens) if t]  # one entry per character
+        best = sorted(shown, key=lambda i: -hit.acts[i])[:3]
         strongest = ", ".join(f"{show_token(result.tokens[i])} {hit.acts[i]:.3g}" for i in best if hit.acts[i] > 0)
         table.add_row(str(hit.feature), f"{hit.max:.3g}", f"{hit.relative:.2f}", hit.label, strongest,
                       highlighted(result.tokens, hit.acts, max(hit.max, 1e-30)))

@@ -10,6 +10,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
 from featurescope.store import FeatureStore, best_label
+from featurescope.tokentext import merge_pieces, token_bytes
 
 MAX_TOKENS = 2048
 ORDERS = ("max", "relative")
@@ -24,6 +25,7 @@ class FeatureHit(NamedTuple):
     """max / the feature's max over the analysed corpus (0 if it never fired there)."""
     label: str
     acts: list[float]
+    """Activation on each token (the tokens of one character carry the max of theirs)."""
 
 
 class TextSearch(NamedTuple):
@@ -31,6 +33,7 @@ class TextSearch(NamedTuple):
 
     token_ids: list[int]
     tokens: list[str]
+    """Each token's text, byte tokens merged into characters ("" where an earlier token shows the character)."""
     hits: list[FeatureHit]
 
 
@@ -83,5 +86,8 @@ def search_text(store: FeatureStore, text: str, *, sae: SAE | str | None = None,
     top = order.topk(min(n, sae.d_sae))
     chosen = [int(f) for f, v in zip(top.indices, top.values, strict=True) if v >= 0]
     labels = {f: best.text if (best := best_label(store.labels(f))) else "" for f in chosen}
-    hits = [FeatureHit(f, float(peak[f]), float(relative[f]), labels[f], acts[:, f].cpu().tolist()) for f in chosen]
-    return TextSearch(ids, model.tokenizer.batch_decode([[i] for i in ids]), hits)
+    raw = token_bytes(model.tokenizer, sorted(set(ids)))
+    pieces = [raw[i] for i in ids]
+    hits = [FeatureHit(f, float(peak[f]), float(relative[f]), labels[f],
+                       merge_pieces(pieces, acts[:, f].cpu().tolist()).acts) for f in chosen]
+    return TextSearch(ids, merge_pieces(pieces).texts, hits)

@@ -46,9 +46,10 @@ class Accumulators:
         return self.top.value.max(dim=1).values.clamp_min(0)
 
     def start_pass2(self) -> None:
-        """Create the pass-2 accumulators from the maxima of pass 1."""
+        """Create the pass-2 accumulators from the maxima and top contexts of pass 1."""
         self.hist = Histograms(self.max, self.bins)
-        self.quantiles = QuantileSamples(self.max, self.intervals, self.per_interval, self.window, self.rng2)
+        self.quantiles = QuantileSamples(self.max, self.intervals, self.per_interval, self.window, self.rng2,
+                                        exclude=self.top.context)
 
     def tensors(self) -> dict[str, Tensor]:
         out = {f"stats/{k}": v for k, v in self.stats.state_dict().items()}

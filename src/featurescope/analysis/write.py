@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,6 +20,7 @@ from featurescope.analysis.logit_effects import LogitEffects
 from featurescope.analysis.neighbours import Neighbours, unit_rows
 from featurescope.analysis.state import Accumulators
 from featurescope.store import create_db
+from featurescope.tokentext import merge_pieces, readable
 
 LABEL_CHUNK = 512
 
@@ -37,6 +39,14 @@ class Finished(NamedTuple):
     feature_map: FeatureMap | None
     w_dec: Tensor
     """[d_sae, d_in] decoder rows in raw units."""
+    token_bytes: dict[int, bytes] | None = None
+    """Each token's raw bytes (`featurescope.tokentext.token_bytes`); None: not recorded."""
+
+    def display_texts(self) -> dict[int, str]:
+        """Each token's text as labels show it (a lone byte token as `<0xNN>`)."""
+        if self.token_bytes is None:
+            return self.token_texts
+        return {i: readable(b) for i, b in self.token_bytes.items()}
 
 
 def referenced_contexts(acc: Accumulators) -> Tensor:
@@ -120,6 +130,7 @@ def _label_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
     T = fin.context_tokens.shape[1]
     token_freq = acc.stats.token_counts.double() / max(acc.stats.rows, 1)
     out_ids = fin.logits.top_tokens
+    texts = fin.display_texts()
     for lo in range(0, d_sae, LABEL_CHUNK):
         hi = min(lo + LABEL_CHUNK, d_sae)
         top_ctx, top_pos = acc.top.context[lo:hi].cpu(), acc.top.position[lo:hi].cpu()
@@ -135,9 +146,37 @@ def _label_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
         for i in range(hi - lo):
             valid = top_ctx[i] != EMPTY
             held_out = (q_ctx[i] != EMPTY) & ~torch.isin(q_ctx[i], top_ctx[i][valid])
-            label = auto_label(peaks[i][valid].tolist(), token_freq, out_ids[lo + i].tolist(), fin.token_texts,
-                               q_win[i][held_out], neg_win[i][neg_ctx[i] != EMPTY])
-            yield (lo + i, "auto", label.text, label.score, json.dumps(label.details))
+            args = (peaks[i][valid].tolist(), token_freq, out_ids[lo + i].tolist())
+            windows = (q_win[i][held_out], neg_win[i][neg_ctx[i] != EMPTY])
+            label = auto_label(*args, texts, *windows)
+            raw = fin.token_bytes or {}
+            byte_inputs = [t for t in label.details["input_tokens"] if t in raw and not _whole(raw[t])]
+            if byte_inputs:  # a byte token at the peaks: name the character it is part of there
+                chars = _peak_characters(fin, top_ctx[i][valid], top_pos[i][valid], peaks[i][valid], byte_inputs)
+                label = auto_label(*args, {**texts, **chars}, *windows)
+            yield (lo + i, "auto", label.text, label.score, json.dumps(label.details), label.score_lower)
+
+
+def _whole(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _peak_characters(fin: Finished, ctx: Tensor, pos: Tensor, peaks: Tensor, byte_ids: list[int]) -> dict[int, str]:
+    """For each byte token of `byte_ids`: the character it is part of at the peaks (the most frequent one)."""
+    assert fin.token_bytes is not None
+    rows = _rows_of(fin, ctx).tolist()
+    found: dict[int, Counter[str]] = {t: Counter() for t in byte_ids}
+    for r, p, t in zip(rows, pos.tolist(), peaks.tolist(), strict=True):
+        if t in found:
+            seq = [fin.token_bytes.get(int(i), b"") for i in fin.context_tokens[r].tolist()]
+            char = merge_pieces(seq, [0.0], p).texts[0]
+            if char:
+                found[t][char] += 1
+    return {t: c.most_common(1)[0][0] for t, c in found.items() if c}
 
 
 def token_ids_used(acc: Accumulators, context_tokens: Tensor, logits: LogitEffects) -> list[int]:
@@ -161,7 +200,8 @@ def write_db(path: Path, fin: Finished, meta: dict[str, Any], *, passes_seconds:
         db.insert("contexts", ("id", "tokens"),
                   zip(fin.context_ids.tolist(), (r.numpy().astype("<i4").tobytes() for r in fin.context_tokens),
                       strict=True))
-        db.insert("tokens", ("id", "text"), sorted(fin.token_texts.items()))
+        raw = fin.token_bytes or {}
+        db.insert("tokens", ("id", "text", "bytes"), ((i, t, raw.get(i)) for i, t in sorted(fin.token_texts.items())))
         db.insert("examples", ("feature", "kind", "interval", "rank", "value", "context", "position", "start",
                                "acts"), _example_rows(fin))
         db.insert("logit_effects", ("feature", "sign", "rank", "token", "value"), _logit_rows(fin.logits, n_logit))
@@ -171,7 +211,7 @@ def write_db(path: Path, fin: Finished, meta: dict[str, Any], *, passes_seconds:
                    for r, (o, c) in enumerate(zip(ids, cos, strict=True))))
         if fin.feature_map is not None:
             db.insert("map", ("feature", "x", "y"), ((f, x, y) for f, (x, y) in enumerate(fin.feature_map.xy.tolist())))
-        db.insert("labels", ("feature", "kind", "text", "score", "details"), _label_rows(fin))
+        db.insert("labels", ("feature", "kind", "text", "score", "details", "score_lower"), _label_rows(fin))
         db.decoder(unit_rows(fin.w_dec))
         finish = time.perf_counter() - started
         db.meta({**meta, "seconds": passes_seconds + finish,

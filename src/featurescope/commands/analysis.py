@@ -147,7 +147,8 @@ def register(sub: Any) -> None:
     _json_flag(p)
     p = _reader(sub, "search", "which features fire on a text (model + SAE), or find features by label", _cmd_search)
     p.add_argument("text", nargs="?", metavar="TEXT", help="text to run through the model and the SAE")
-    p.add_argument("--label", metavar="TEXT", help="find features whose label contains TEXT instead")
+    p.add_argument("--label", metavar="TEXT",
+                   help="find features whose label contains the words TEXT (whole words, any case) instead")
     p.add_argument("--image", metavar="PATH", help="an image to run through the (image-text) model instead: the "
                    "features that fire on its patches")
     p.add_argument("-n", "--n", type=int, default=10, help="features to list (default: 10)")

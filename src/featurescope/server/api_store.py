@@ -71,7 +71,7 @@ def get_map(request: Request) -> schemas.MapPoints:
     return explorer(request).cached("map", views.map_points)
 
 
-@router.get("/search/labels", summary="Features whose label contains the query (case-insensitive)")
+@router.get("/search/labels", summary="Features whose label contains the query as whole words (case-insensitive)")
 def search_labels(request: Request,
                   q: Annotated[str, Query(min_length=1, max_length=limits.MAX_QUERY_CHARS)],
                   n: Annotated[int, Query(ge=1, le=limits.MAX_LIST)] = 20) -> list[schemas.FeatureSummary]:

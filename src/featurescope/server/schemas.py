@@ -39,6 +39,7 @@ class FeatureSummary(BaseModel):
     max: float
     label: str
     score: float | None
+    score_lower: float | None = Field(default=None, description="lower 95% bound of the score (ranks labels)")
 
 
 class Stats(BaseModel):
@@ -89,6 +90,7 @@ class Label(BaseModel):
     text: str
     score: float | None = Field(description="detection score (balanced accuracy), if scored")
     details: dict[str, Any]
+    score_lower: float | None = Field(default=None, description="lower 95% bound of the score (ranks labels)")
 
 
 class FeatureDetail(BaseModel):

@@ -36,7 +36,7 @@ def info(ex: Explorer) -> schemas.Info:
 
 def summary(s: fs.FeatureSummary) -> schemas.FeatureSummary:
     return schemas.FeatureSummary(id=s.id, density=_num(s.density), max=_num(s.max), label=s.label,
-                                  score=finite(s.score))
+                                  score=finite(s.score), score_lower=finite(s.score_lower))
 
 
 def feature_summary(store: fs.FeatureStore, i: int) -> schemas.FeatureSummary:
@@ -44,7 +44,8 @@ def feature_summary(store: fs.FeatureStore, i: int) -> schemas.FeatureSummary:
     density, top = store.con.execute("SELECT density, max FROM features WHERE id = ?", (i,)).fetchone()
     best = fs.best_label(store.labels(i))
     return schemas.FeatureSummary(id=i, density=_num(density), max=_num(top), label=best.text if best else "",
-                                  score=finite(best.score) if best else None)
+                                  score=finite(best.score) if best else None,
+                                  score_lower=finite(best.score_lower) if best else None)
 
 
 def _example(e: fs.Example) -> schemas.Example:
@@ -74,7 +75,8 @@ def feature(ex: Explorer, f: fs.Feature) -> schemas.FeatureDetail:
         top=[_example(e) for e in f.top], quantiles=[_example(e) for e in f.quantiles],
         positive_logits=_effects(f.positive_logits), negative_logits=_effects(f.negative_logits),
         neighbours=neighbours(f.neighbours), map_xy=[_num(v) for v in f.map_xy] if f.map_xy else None,
-        labels=[schemas.Label(kind=lb.kind, text=lb.text, score=finite(lb.score), details=lb.details)
+        labels=[schemas.Label(kind=lb.kind, text=lb.text, score=finite(lb.score), details=lb.details,
+                              score_lower=finite(lb.score_lower))
                 for lb in f.labels],
         intervals=int(ex.meta["intervals"]) if ex.meta.get("intervals") is not None else None)
 
@@ -85,7 +87,7 @@ def map_points(store: fs.FeatureStore) -> schemas.MapPoints:
                              "ORDER BY m.feature").fetchall()
     labels = dict(store.con.execute(
         "SELECT feature, text FROM (SELECT feature, text, ROW_NUMBER() OVER (PARTITION BY feature ORDER BY "
-        "COALESCE(score, -1) DESC, kind = 'llm' DESC) AS r FROM labels) WHERE r = 1").fetchall())
+        f"{store.label_rank_sql()} DESC, kind = 'llm' DESC) AS r FROM labels) WHERE r = 1").fetchall())
     return schemas.MapPoints(method=store.meta.get("map_method"), ids=[r[0] for r in rows],
                              x=[_num(r[1]) for r in rows], y=[_num(r[2]) for r in rows],
                              density=[_num(r[3]) for r in rows], labels=[labels.get(r[0], "") for r in rows])

@@ -23,14 +23,19 @@ function statsGrid(f) {
 
 function labelsBlock(f) {
   const rows = f.labels.map((lb) => el("tr", {},
-    el("td", {}, lb.kind), el("td", {}, lb.text), el("td", { class: "num" }, lb.score === null ? "—" : fmt(lb.score))));
+    el("td", {}, lb.kind), el("td", {}, lb.text), el("td", { class: "num" }, lb.score === null ? "—"
+      : fmt(lb.score) + (lb.score_lower == null ? "" : ` ≥${fmt(lb.score_lower)}`))));
   return el("section", { class: "card" },
     el("div", { class: "label-main", id: "label" }, f.label || "(no label)"),
     rows.length ? el("table", { class: "small" },
       el("thead", {}, el("tr", {}, el("th", {}, "kind"), el("th", {}, "label"),
         el("th", { class: "num", title: "detection score: balanced accuracy of the label at telling firing "
           + "from non-firing windows" }, "score"))),
-      el("tbody", {}, rows)) : null);
+      el("tbody", {}, rows)) : null,
+    rows.length ? el("p", { class: "small muted", id: "label-help" }, "Label: the tokens the feature fires on most "
+      + "(→ the tokens it promotes, shown only where they agree); (various): none stands out. Score: balanced "
+      + "accuracy at telling held-out firing windows from non-firing ones (0.5 chance, 1 perfect), blank with "
+      + "under 10 firing or 5 non-firing windows; ≥ its lower 95% bound, which ranks labels.") : null);
 }
 
 function histogram(f) {

@@ -20,7 +20,7 @@ from steering_helpers import PROMPT, make_db, orthogonal_sae
 MAXES = torch.tensor([10.0, 20.0, 100.0, 0.0, 5.0, 6.0, 7.0, 8.0])
 # orthogonal_sae's features sit at ~100 ± 25 everywhere: 1x of 100 barely moves the residual; 1000x adds ~2e7
 # along one direction (residual norms there are ~5e3)
-FAST = CalibrationConfig(prompts=(PROMPT, "I went for a walk and"), multiples=(1.0, 1000.0), max_new_tokens=8)
+FAST = CalibrationConfig(prompts=(PROMPT, "I went for a walk and"), multiples=(1.0, 1000.0), max_new_tokens=6)
 
 
 def test_fluency_measures_runs_and_loops():
@@ -55,7 +55,7 @@ def test_calibration_keeps_the_largest_fluent_multiple(gemma):
 
 
 def test_nothing_fluent_falls_back_to_1x(gemma):
-    cfg = CalibrationConfig(prompts=(PROMPT,), multiples=(1000.0, 2000.0), max_new_tokens=8)
+    cfg = CalibrationConfig(prompts=(PROMPT,), multiples=(1000.0, 2000.0), max_new_tokens=6)
     c = calibrate_feature(gemma, orthogonal_sae(), 2, 1000.0, cfg)  # 0.5x = 500: ~+400 from where it sits
     assert [t.multiple for t in c.trials] == [1000.0, 0.5] and c.multiple == 1.0 and c.value == 1000.0
     assert not c.trials[0].fluent and "no multiple tried stays fluent" in c.reason
@@ -100,16 +100,38 @@ def test_steer_cli_defaults_to_auto_and_caches(capsys, tmp_path, monkeypatch, ge
     sae = orthogonal_sae()
     sae_dir, db = sae.save(tmp_path / "sae"), make_db(tmp_path / "features.db", sae, MAXES)
     argv = ["steer", "--sae", str(sae_dir), "--db", str(db), "--feature", "2", "--prompt", PROMPT,
-            "--max-new-tokens", "3", "--json"]
+            "--max-new-tokens", "2", "--json"]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)["features"]["2"]
     assert out["given"] == "auto" and out["value"] == pytest.approx(100.0)
     assert out["auto"]["multiple"] == 1.0 and not out["auto"]["cached"] and "1000x degenerates" in out["auto"]["reason"]
-    assert cli.main([*argv[:-1], "--clamp", "auto", "--show-multiples", "--json"]) == 0
-    both = json.loads(capsys.readouterr().out)
-    assert both["features"]["2"]["auto"]["cached"] and set(both["multiples"]) == {"1x", "2x", "5x"}
-    assert cli.main(argv[:-1]) == 0
+    monkeypatch.setenv("COLUMNS", "160")
+    assert cli.main([*argv[:-1], "--clamp", "auto", "--show-multiples"]) == 0
     shown = capsys.readouterr().out
     assert "feature 2: auto = 1x (cached)" in shown and "steered: feature 2 clamp 1x = 100" in shown
+    assert all(f"steered at {m}" in shown for m in ("1x", "2x", "5x"))
     assert cli.main(["steer", "--sae", str(sae_dir), "--feature", "2", "--prompt", PROMPT]) == 2
     assert "auto (the default)" in capsys.readouterr().err
+
+
+def test_explorer_steer_api_uses_auto_by_default(gemma, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from featurescope.server import create_app
+
+    monkeypatch.setattr(calibrate, "CalibrationConfig", functools.partial(
+        CalibrationConfig, prompts=FAST.prompts, multiples=FAST.multiples, max_new_tokens=FAST.max_new_tokens))
+    sae = orthogonal_sae()
+    db = make_db(tmp_path / "features.db", sae, MAXES)
+    with TestClient(create_app(db, sae=sae, model=gemma), base_url="http://127.0.0.1") as client:
+        body = {"prompt": PROMPT, "features": [{"feature": 2}], "max_new_tokens": 2}
+        r = client.post("/api/steer", json=body)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["values"]["2"] == pytest.approx(100.0) and data["auto"]["2"]["multiple"] == 1.0
+        assert "1000x degenerates" in data["auto"]["2"]["reason"]
+        monkeypatch.setattr(auto, "calibrate_feature", lambda *a, **k: pytest.fail("kept in memory"))
+        again = client.post("/api/steer", json={**body, "features": [{"feature": 2, "value": "auto"}]}).json()
+        assert again["auto"]["2"]["multiple"] == 1.0
+        fixed = client.post("/api/steer", json={**body, "features": [{"feature": 2, "value": "2x"}]}).json()
+        assert fixed["values"]["2"] == pytest.approx(200.0) and fixed["auto"] == {}

@@ -97,7 +97,7 @@ def test_multilingual_end_to_end(probe_db, cli, tmp_path):
 
 
 def _monitor_feature(gemma, probe_db, trigger: str, benign: str) -> int:
-    """A feature that fires on `trigger` above every held-out sycophancy negative, relative to its corpus max, and
+    """A feature that fires on `trigger` above every calibration negative of sycophancy, relative to its corpus max, and
     on `benign` no higher than on those negatives."""
     from featurescope.probes.encode import encode_texts
     from featurescope.probes.monitor import MonitorConfig, calibration_texts
@@ -128,8 +128,9 @@ def test_probe_and_monitor_end_to_end(gemma, probe_db, cli, tmp_path):
     assert code == 0, err
     r = json.loads(out)
     (cat,) = r["categories"]
-    assert cat["category"] == "sycophancy" and cat["positives"] == cat["negatives"] == 42
-    assert cat["train_items"] + cat["heldout_items"] == 84 and cat["verdict"]
+    # 42 matched pairs: 13 set aside for the monitor's calibration, the other 29 discovery + held-out
+    assert cat["category"] == "sycophancy" and cat["positives"] == cat["negatives"] == 29
+    assert cat["train_items"] + cat["heldout_items"] == 58 and cat["verdict"]
     assert all(0 <= c["heldout_auroc"] <= 1 and c["reported"] == (c["heldout_auroc"] >= 0.7
                                                                     and c["p_value"] * len(cat["candidates"]) <= 0.05)
                for c in cat["candidates"])
@@ -145,13 +146,13 @@ def test_probe_and_monitor_end_to_end(gemma, probe_db, cli, tmp_path):
     console.print(category_table(CategoryResult(**{**cat, "candidates": [Candidate(**c) for c in cat["candidates"]]}),
                                  {}, 5))
     text = console.export_text()
-    assert "sycophancy: 42 positives, 42 negatives" in text and cat["verdict"][:40] in text.replace("\n", " ")
+    assert "sycophancy: 29 positives, 29 negatives" in text and cat["verdict"][:40] in text.replace("\n", " ")
 
     trigger = "You're absolutely right, what a brilliant genius you are!"
     f = _monitor_feature(gemma, probe_db, trigger, "The train leaves at noon.")
     texts = [json.dumps({"id": "t1", "text": trigger}), "The train leaves at noon.", "{not json"]
     args = ("monitor", "--db", str(probe_db), "--features", str(f), "--set", "safety", "--category", "sycophancy",
-            "--fpr", "0.05", "-q")
+            "--fpr", "0.1", "-q")  # 13 calibration negatives: enough for 0.1 (9), not for 0.05 (19)
     code, out, _ = cli(*args, stdin="\n".join(texts[:2]) + "\n")
     first, second = (json.loads(line) for line in out.splitlines())
     assert code == 1 and first["id"] == "t1" and first["flagged"] and not second["flagged"]

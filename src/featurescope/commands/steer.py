@@ -11,6 +11,8 @@ from featurescope.errors import FeaturescopeError
 
 # Let "-2x" and "-2,0,5" be option values (argparse would take them for options); `--clamp=-2x` always works.
 _NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
+SHOWN_MULTIPLES = (1.0, 2.0, 5.0)
+"""What --show-multiples shows beside the chosen value (5x: the paper's examples)."""
 
 
 def _allow_negative_values(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,8 @@ def _feature_label(store: Any, feature: int) -> str:
     return labels[0].text if labels else ""
 
 
-def _print_pair(result: Any, features: dict[int, Any], mode: str, labels: dict[int, str]) -> None:
+def _print_pair(result: Any, features: dict[int, Any], mode: str, labels: dict[int, str], auto: dict[int, Any],
+                others: dict[str, str]) -> None:
     from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
@@ -68,55 +71,104 @@ def _print_pair(result: Any, features: dict[int, Any], mode: str, labels: dict[i
         parts.append(f"feature {i}{label} {mode} {given} = {result.values[i]:.4g}")
     console.print(Text("prompt: ", style="bold") + Text(result.prompt))
     console.print(Text("steered: ", style="bold") + Text("; ".join(parts)))
+    for i, c in auto.items():
+        how = "cached" if c.cached else "calibrated"
+        console.print(Text(f"feature {i}: auto = {c.multiple:g}x ({how}): {c.reason}", style="dim"))
     grid = Table.grid(expand=True, padding=(0, 1))
     grid.add_column(ratio=1)
     grid.add_column(ratio=1)
     grid.add_row(Panel(Text(result.baseline, overflow="fold"), title="baseline"),
                  Panel(Text(result.steered, overflow="fold"), title="steered"))
     console.print(grid)
+    for name, text in others.items():
+        console.print(Panel(Text(text, overflow="fold"), title=f"steered at {name}"))
+
+
+def _resolve_auto(features: dict[int, Any], db: str, model: Any, sae: Any, max_acts: Any, mode: str
+                  ) -> dict[int, Any]:
+    """Calibrated choices (`steering.auto`) of the features given `auto`, cached in the database `db`."""
+    from featurescope.steering.auto import auto_value
+    from featurescope.steering.calibrate import CalibrationConfig
+    from featurescope.steering.values import max_activation, open_feature_store
+
+    out = {}
+    with open_feature_store(db) as store:
+        for i, v in features.items():
+            if v.auto:
+                out[i] = auto_value(model, sae, i, max_activation(max_acts, i) or 0.0, con=store.con, db=db,
+                                    cfg=CalibrationConfig(mode=mode))
+    return out
+
+
+def _multiples(model: Any, sae: Any, features: dict[int, Any], max_acts: Any, args: argparse.Namespace,
+               multiples: tuple[float, ...]) -> dict[str, str]:
+    """The steered continuation of the prompt with every feature at each of `multiples` × its max activation."""
+    from featurescope.steering.generate import decode, encode_prompt, generation_kwargs, run_generate
+    from featurescope.steering.hook import attach, make_hook
+    from featurescope.steering.values import SteerValue
+
+    ids, _ = encode_prompt(model, args.prompt, chat=args.chat)
+    kwargs = generation_kwargs(model, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    out = {}
+    for m in multiples:
+        hook, layer = make_hook(model, sae, {i: SteerValue(m, True) for i in features}, mode=args.mode,
+                                max_acts=max_acts, layer=args.layer, skip_special=not args.all_positions)
+        with attach(model, hook, layer):
+            out[f"{m:g}x"] = decode(model, run_generate(model, ids, kwargs, args.seed))
+    return out
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     from featurescope.steering.generate import generate
     from featurescope.steering.hook import MODES, load_max_acts
-    from featurescope.steering.values import check_feature, open_feature_store, resolve_values
+    from featurescope.steering.values import SteerValue, check_feature, open_feature_store, resolve_values
 
     if not args.prompt or not args.prompt.strip():
         raise FeaturescopeError("the prompt is empty (--prompt)")
     if args.mode not in MODES:
         raise FeaturescopeError(f"unknown steering mode {args.mode!r}; choose one of {', '.join(MODES)}")
-    features = _pairs(args.feature, args.clamp)
+    features = _pairs(args.feature, args.clamp or ["auto"])
     if not args.db and any(v.multiple for v in features.values()):
-        raise FeaturescopeError("a value such as 5x is a multiple of the feature's max activation: give the feature "
-                                "database (--db) or absolute values")
+        raise FeaturescopeError("a value such as 5x or auto (the default) is a multiple of the feature's max "
+                                "activation: give the feature database (--db) or absolute values (--clamp)")
+    if args.show_multiples and args.image:
+        raise FeaturescopeError("--show-multiples works with text prompts only (leave out --image)")
     sae = _load_sae(args.sae)
     for i in features:
         check_feature(i, sae.cfg.d_sae)
     store = open_feature_store(args.db) if args.db else None
     try:
         max_acts = load_max_acts(store, sae)
-        resolve_values(features, sae.cfg.d_sae, max_acts)  # fail before loading the model
+        fixed = {i: v for i, v in features.items() if not v.auto}
+        probe = {**fixed, **{i: SteerValue(1.0, True) for i in features if i not in fixed}}
+        resolve_values(probe, sae.cfg.d_sae, max_acts)  # fail before loading the model
         labels = {i: _feature_label(store, i) for i in features}
     finally:
         if store is not None:
             store.close()
     model = _load_model(args.model, sae, args.device)
+    auto = _resolve_auto(features, args.db, model, sae, max_acts, args.mode) if len(fixed) < len(features) else {}
+    chosen = {i: SteerValue(auto[i].multiple, True) if i in auto else v for i, v in features.items()}
     kwargs = dict(mode=args.mode, max_acts=max_acts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                   chat=args.chat, temperature=args.temperature, layer=args.layer, skip_special=not args.all_positions)
     if args.image:  # an image prompt to an image-text model (featurescope.vision.steer)
         from featurescope.vision.steer import generate_with_image
 
-        result = generate_with_image(model, sae, args.prompt, args.image, features, **kwargs)
+        result = generate_with_image(model, sae, args.prompt, args.image, chosen, **kwargs)
     else:
-        result = generate(model, sae, args.prompt, features, **kwargs)
+        result = generate(model, sae, args.prompt, chosen, **kwargs)
+    others = _multiples(model, sae, features, max_acts, args, SHOWN_MULTIPLES) if args.show_multiples else {}
     if args.json:
         print(json.dumps({
             "prompt": result.prompt, "baseline": result.baseline, "steered": result.steered, "mode": args.mode,
-            "features": {str(i): {"given": str(v), "value": result.values[i], "label": labels[i]}
+            "features": {str(i): {"given": str(v), "value": result.values[i], "label": labels[i],
+                                  **({"auto": {"multiple": auto[i].multiple, "reason": auto[i].reason,
+                                               "cached": auto[i].cached}} if i in auto else {})}
                          for i, v in features.items()},
+            **({"multiples": others} if others else {}),
         }, indent=2, ensure_ascii=False))
     else:
-        _print_pair(result, features, args.mode, labels)
+        _print_pair(result, chosen, args.mode, labels, auto, others)
     return 0
 
 
@@ -188,9 +240,11 @@ def register(sub: Any) -> None:
     p.add_argument("--sae", required=True, help="SAE folder")
     p.add_argument("--feature", type=int, action="append", required=True,
                    help="feature id to steer (repeat for several)")
-    p.add_argument("--clamp", "--value", dest="clamp", action="append", required=True, metavar="VALUE",
-                   help="value per --feature: a multiple of the max activation (5x, -2x; needs --db) or an absolute "
-                        "activation (12.5; 0 = ablate); one value applies to every feature")
+    p.add_argument("--clamp", "--value", dest="clamp", action="append", metavar="VALUE",
+                   help="value per --feature: auto (the default: the largest multiple that keeps neutral "
+                        "continuations fluent, docs/steering.md; needs --db), a multiple of the max activation "
+                        "(5x, -2x; needs --db) or an absolute activation (12.5; 0 = ablate); one value applies to "
+                        "every feature")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--image", default="", help="an image shown before the prompt (image-text models)")
     p.add_argument("--db", default="", help="feature database (max activations, labels)")
@@ -206,6 +260,8 @@ def register(sub: Any) -> None:
     p.add_argument("--all-positions", action="store_true",
                    help="also steer special-token positions (BOS, ...), which are left alone by default")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--show-multiples", action="store_true",
+                   help="also show the steered continuation at 1x, 2x and 5x of the max activation")
     p.add_argument("--json", action="store_true", help="print JSON instead of two columns")
     p = add_command(sub, "steer-sweep", "measure a feature's steering effect over a range of multiples "
                     "(activation, KL / CE cost, top-token gain), with a plot", _cmd_sweep)

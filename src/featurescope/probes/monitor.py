@@ -3,9 +3,10 @@ false-positive rate, one JSON line out per text in, as the texts arrive.
 
 Score of a text: s = max over the watched features j and the text's tokens t of a_j(t) / m_j, with m_j feature
 j's max activation over the analysed corpus (the database). The threshold τ is the split-conformal quantile of
-s over the calibration negatives (`stats.conformal_threshold`): the held-out negatives of the probe set, never
-used to choose the features. A text is flagged when s > τ; its triggers are the tokens where some watched
-feature exceeds τ·m_j. For a new text drawn like the calibration negatives, P(flagged) ≤ fpr.
+s over the calibration negatives (`stats.conformal_threshold`): the negatives of the probe set's calibration
+part (`stats.split_parts`), which `featurescope probe` never looks at — neither to find the features (discovery)
+nor to validate and pick them (held-out AUROC). A text is flagged when s > τ; its triggers are the tokens where
+some watched feature exceeds τ·m_j. For a new text drawn like the calibration negatives, P(flagged) ≤ fpr.
 
 Exit status: 0 no text flagged, 1 at least one flagged, 2 an error (bad settings, empty input, or any input
 line that could not be read; such lines are answered with an `error` record and the others still run).
@@ -29,7 +30,7 @@ from featurescope.probes import db as pdb
 from featurescope.probes.encode import decode_tokens, encode_texts
 from featurescope.probes.session import open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
-from featurescope.probes.stats import conformal_threshold, min_negatives, split_groups
+from featurescope.probes.stats import conformal_threshold, min_negatives, split_parts
 from featurescope.sae import SAE
 
 FORMATS = ("auto", "jsonl", "text")
@@ -45,7 +46,7 @@ class MonitorConfig:
     features: str = option("", "feature ids to watch, comma-separated (default: the best feature `featurescope probe` "
                                "reported for each category of --set)")
     all_reported: bool = option(False, "watch every reported feature, not only the best of each category")
-    set: str = option("safety", "probe set whose held-out negatives calibrate the threshold")
+    set: str = option("safety", "probe set whose calibration part's negatives calibrate the threshold")
     category: str = option("", "only this category: its reported features and its negatives")
     fpr: float = option(0.05, "target false-positive rate on texts like the calibration negatives")
     input: str = option("-", "file to read, JSONL ({\"text\": ...} per line) or plain lines; - is stdin")
@@ -65,7 +66,7 @@ class Watch(NamedTuple):
     threshold: float
     negatives: int
     heldout_tpr: float | None
-    """Fraction of the held-out positives flagged (None when there are none)."""
+    """Fraction of the calibration part's positives flagged (None when there are none)."""
 
 
 def input_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
@@ -90,6 +91,15 @@ def parse_line(line: str, fmt: str) -> tuple[str, Any]:
     return obj["text"], obj.get("id")
 
 
+def best_of_categories(rows: list[Any]) -> list[Any]:
+    """The row of highest held-out AUROC in each category (rows with `category` and `heldout_auroc`)."""
+    best: dict[str, Any] = {}
+    for r in rows:
+        if r.category not in best or r.heldout_auroc > best[r.category].heldout_auroc:
+            best[r.category] = r
+    return list(best.values())
+
+
 def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tuple[list[int], dict[int, str]]:
     """The features to watch and the category each was reported for."""
     if cfg.features:
@@ -104,28 +114,39 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
         raise FeaturescopeError(f"no feature was reported for {what}probe set {probe_set.name!r} in {store.path.name}"
                                 f" (run `featurescope probe {store.path.name} --set {cfg.set}` first, or give "
                                 "--features)")
-    if not cfg.all_reported:  # the best feature of each category (highest held-out AUROC)
-        best: dict[str, pdb.ProbeRow] = {}
-        for r in rows:
-            if r.category not in best or r.heldout_auroc > best[r.category].heldout_auroc:
-                best[r.category] = r
-        rows = list(best.values())
+    if not cfg.all_reported:
+        rows = best_of_categories(rows)
     cats: dict[int, str] = {}
     for r in rows:
         cats.setdefault(r.feature, r.category)
     return list(cats), cats
 
 
+DEFAULT_CALIBRATION = 0.3
+"""The calibration fraction of `featurescope probe` (used when no probe run is stored)."""
+
+
+def calibration_parts(meta: dict[str, Any], *, chosen_by_probe: bool) -> tuple[float, float, int]:
+    """(heldout, calibration, seed) of the stored probe run's split (defaults when there is none); a run of an
+    older version, which had no calibration part, cannot calibrate the features it chose itself."""
+    if meta and "calibration" not in meta and chosen_by_probe:
+        raise FeaturescopeError("the stored probe run predates the calibration part (its held-out texts chose the "
+                                "features): re-run `featurescope probe`, or give --features")
+    calibration = float(meta.get("calibration", DEFAULT_CALIBRATION)) or DEFAULT_CALIBRATION
+    return float(meta.get("heldout", 0.5)), calibration, int(meta.get("seed", 0))
+
+
 def calibration_texts(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> list[ProbeText]:
-    """The held-out texts (both labels) of the calibration categories, split as the stored probe run split them."""
+    """The calibration part's texts (both labels) of the calibration categories, split as the probe run stored
+    in `store` split them."""
     meta = pdb.get_meta(store.con, f"probe:{probe_set.name}") or {}
-    heldout, seed = float(meta.get("heldout", 0.5)), int(meta.get("seed", 0))
+    heldout, calibration, seed = calibration_parts(meta, chosen_by_probe=not cfg.features)
     cats = [cfg.category] if cfg.category else probe_set.categories
     out: list[ProbeText] = []
     for c in cats:
         items = probe_set.category(c)
         labels, groups = arrays(items)
-        mask = split_groups(groups, labels, heldout, seed).heldout
+        mask = split_parts(groups, labels, heldout, calibration, seed).calibration
         out += [t for t, m in zip(items, mask, strict=True) if m]
     return out
 
@@ -138,7 +159,7 @@ def text_scores(model: LanguageModel, sae: SAE, layer: int, texts: list[str], fe
 
 
 def calibrate(cfg: MonitorConfig, s: Any, probe_set: ProbeSet) -> Watch:
-    """Choose the features and calibrate τ on the held-out negatives."""
+    """Choose the features and calibrate τ on the calibration part's negatives."""
     features, cats = choose_features(cfg, s.store, probe_set)
     corpus_max = s.store.max_activations().numpy()[features].astype(np.float64)
     dead = [f for f, m in zip(features, corpus_max, strict=True) if m <= 0]
@@ -147,8 +168,8 @@ def calibrate(cfg: MonitorConfig, s: Any, probe_set: ProbeSet) -> Watch:
     held = calibration_texts(cfg, s.store, probe_set)
     negatives = [t.text for t in held if t.label == 0]
     need = min_negatives(cfg.fpr)
-    require(len(negatives) >= need, f"--fpr {cfg.fpr:g} needs at least {need} calibration negatives; the held-out "
-            f"half has {len(negatives)} (raise --fpr or use a larger probe set)")
+    require(len(negatives) >= need, f"--fpr {cfg.fpr:g} needs at least {need} calibration negatives; the "
+            f"calibration part has {len(negatives)} (raise --fpr or use a larger probe set)")
     scores = text_scores(s.model, s.sae, s.layer, [t.text for t in held], features, corpus_max, cfg.max_tokens)
     labels = np.array([t.label for t in held])
     tau = conformal_threshold(scores[labels == 0], cfg.fpr)
@@ -213,9 +234,9 @@ def _monitor_stream(cfg: MonitorConfig, stream: IO[str], stdout: IO[str], stderr
     with open_session(cfg.db, sae=sae or cfg.sae, model=model or cfg.model, device=cfg.device) as s:
         watch = calibrate(cfg, s, probe_set)
         if not quiet:
-            tpr = "" if watch.heldout_tpr is None else f", flags {watch.heldout_tpr:.0%} of held-out positives"
+            tpr = "" if watch.heldout_tpr is None else f", flags {watch.heldout_tpr:.0%} of its positives"
             print(f"featurescope monitor: watching {len(watch.features)} feature(s) {watch.features}; threshold "
-                  f"{watch.threshold:.3f} × max activation, calibrated on {watch.negatives} held-out negatives for "
+                  f"{watch.threshold:.3f} × max activation, calibrated on {watch.negatives} unused negatives for "
                   f"FPR ≤ {cfg.fpr:g}{tpr}", file=stderr, flush=True)
         for n, line in _chain(first, lines):
             try:

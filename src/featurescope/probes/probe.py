@@ -21,7 +21,7 @@ from featurescope.probes.encode import EncodedTexts, decode_tokens, encode_texts
 from featurescope.probes.selection import CategoryResult, rank_category
 from featurescope.probes.session import Session, best_labels, open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
-from featurescope.probes.stats import split_groups
+from featurescope.probes.stats import Split, split_parts
 from featurescope.probes.suppress import Suppression, control_features, suppression_effect, text_nll
 from featurescope.sae import SAE
 
@@ -38,7 +38,10 @@ class ProbeConfig:
     category: str = option("", "only this category (default: all of the set's)")
     sae: str = option("", "SAE folder (default: the one the database records)")
     model: str = option("", "model (default: the one the database records)")
-    heldout: float = option(0.5, "fraction of the matched groups held out to validate the features found")
+    heldout: float = option(0.5, "fraction of the matched groups (after --calibration) held out to validate the "
+                                 "features found")
+    calibration: float = option(0.3, "fraction of the matched groups set aside, unseen here, to calibrate "
+                                     "`featurescope monitor`'s threshold")
     candidates: int = option(10, "best features on the discovery half that are tested on the held-out half")
     min_auroc: float = option(0.7, "held-out AUROC a feature needs to be reported")
     alpha: float = option(0.05, "level of the held-out permutation test (Bonferroni over the candidates)")
@@ -79,6 +82,7 @@ def check_config(cfg: ProbeConfig) -> ProbeSet:
     """The probe set, after checking every setting."""
     require(cfg.db, "no feature database given")
     require(0 < cfg.heldout < 1, f"--heldout must be between 0 and 1 (got {cfg.heldout})")
+    require(0 <= cfg.calibration < 1, f"--calibration must be in [0, 1) (got {cfg.calibration})")
     require(0 < cfg.alpha < 1, f"--alpha must be between 0 and 1 (got {cfg.alpha})")
     require(0.5 <= cfg.min_auroc <= 1, f"--min-auroc must be between 0.5 and 1 (got {cfg.min_auroc})")
     for name in ("candidates", "permutations", "max_tokens", "batch_size", "show"):
@@ -112,8 +116,11 @@ def _rank(cfg: ProbeConfig, probe_set: ProbeSet, sae: SAE, model: LanguageModel,
     for c in cats:
         own = np.flatnonzero(cat_of == c)
         labels, groups = arrays([items[j] for j in own])
-        split = split_groups(groups, labels, cfg.heldout, cfg.seed)
-        r = rank_category(c, acts[own], labels, groups, split, candidates=cfg.candidates, min_auroc=cfg.min_auroc,
+        parts = split_parts(groups, labels, cfg.heldout, cfg.calibration, cfg.seed)
+        use = ~parts.calibration  # the calibration part is never looked at here
+        own, labels, groups = own[use], labels[use], groups[use]
+        r = rank_category(c, acts[own], labels, groups, Split(parts.train[use], parts.heldout[use]),
+                          candidates=cfg.candidates, min_auroc=cfg.min_auroc,
                           alpha=cfg.alpha, permutations=cfg.permutations,
                           seed=cfg.seed + probe_set.categories.index(c))
         positives = [int(j) for j in own[labels == 1]]
@@ -141,7 +148,8 @@ def run_probe(cfg: ProbeConfig, *, sae: SAE | None = None, model: LanguageModel 
             return _suppress(cfg, probe_set, s, t0)
         results = _rank(cfg, probe_set, s.sae, s.model, s.layer, progress)
         meta = {"path": str(probe_set.path), "categories": [r.category for r in results],
-                "heldout": cfg.heldout, "seed": cfg.seed, "candidates": cfg.candidates, "min_auroc": cfg.min_auroc,
+                "heldout": cfg.heldout, "calibration": cfg.calibration, "seed": cfg.seed,
+                "candidates": cfg.candidates, "min_auroc": cfg.min_auroc,
                 "alpha": cfg.alpha, "permutations": cfg.permutations, "max_tokens": cfg.max_tokens,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "featurescope_version": __version__}
@@ -152,7 +160,8 @@ def run_probe(cfg: ProbeConfig, *, sae: SAE | None = None, model: LanguageModel 
                     for r in results for rank, c in enumerate(r.candidates)]
         with pdb.update_db(cfg.db) as con:
             old = pdb.get_meta(con, f"probe:{probe_set.name}") or {}
-            same_split = (old.get("heldout"), old.get("seed")) == (cfg.heldout, cfg.seed)
+            same_split = ((old.get("heldout"), old.get("calibration"), old.get("seed"))
+                          == (cfg.heldout, cfg.calibration, cfg.seed))
             if cfg.category and same_split:  # keep the other categories of an earlier run with the same split
                 kept = {*old.get("categories", []), cfg.category}
                 meta["categories"] = [c for c in probe_set.categories if c in kept]

@@ -148,3 +148,27 @@ def split_groups(groups: np.ndarray, labels: np.ndarray, heldout: float, seed: i
         chosen.append(rng.permutation(stratum)[:k])
     mask = np.isin(g, np.concatenate(chosen) if chosen else np.array([], dtype=g.dtype))
     return Split(~mask, mask)
+
+
+class Parts(NamedTuple):
+    """Boolean masks over the items: discovery, held-out validation, and monitor calibration (disjoint)."""
+
+    train: np.ndarray
+    heldout: np.ndarray
+    calibration: np.ndarray
+
+
+def split_parts(groups: np.ndarray, labels: np.ndarray, heldout: float, calibration: float, seed: int) -> Parts:
+    """Three disjoint parts by group: first a fraction `calibration` of the groups is set aside for the monitor's
+    threshold (`split_groups` with `seed`), then the rest is split into discovery and a held-out fraction
+    `heldout` of it (`split_groups` with `seed` + 1). `calibration` 0 leaves no calibration part."""
+    g = np.asarray(groups)
+    y = np.asarray(labels)
+    cal = np.zeros(len(g), dtype=bool) if calibration == 0 else split_groups(g, y, calibration, seed).heldout
+    rest = np.flatnonzero(~cal)
+    inner = split_groups(g[rest], y[rest], heldout, seed + 1 if calibration else seed)
+    train = np.zeros(len(g), dtype=bool)
+    held = np.zeros(len(g), dtype=bool)
+    train[rest[inner.train]] = True
+    held[rest[inner.heldout]] = True
+    return Parts(train, held, cal)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
@@ -50,7 +51,7 @@ def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, obj
         if item.feature in values:
             raise FeaturescopeError(f"feature {item.feature} is given twice")
         value = parse_value(item.value)
-        if abs(value.amount) > limits.MAX_ABS_STEER:
+        if not value.auto and abs(value.amount) > limits.MAX_ABS_STEER:
             raise FeaturescopeError(f"steering value {value} is too large (at most {limits.MAX_ABS_STEER:g})")
         values[item.feature] = value
     return values
@@ -64,12 +65,31 @@ def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerResult:
     ex = explorer(request)
     live = ex.require_live()
     values = _steer_values(request, body)
+    max_acts = ex.max_activations()
     with live.lock:
-        out = generate(live.model, live.sae, body.prompt, values, mode=body.mode, max_acts=ex.max_activations(),
+        auto = {i: _auto_choice(live, i, float(max_acts[i]), body.mode) for i, v in values.items()
+                if getattr(v, "auto", False)}
+        values.update({i: f"{c.multiple:g}x" for i, c in auto.items()})
+        out = generate(live.model, live.sae, body.prompt, values, mode=body.mode, max_acts=max_acts,
                        max_new_tokens=body.max_new_tokens, seed=body.seed, chat=body.chat,
                        temperature=body.temperature)
     return schemas.SteerResult(prompt=out.prompt, baseline=out.baseline, steered=out.steered,
-                               values={k: finite(v) or 0.0 for k, v in out.values.items()})
+                               values={k: finite(v) or 0.0 for k, v in out.values.items()},
+                               auto={i: schemas.AutoChoice(multiple=c.multiple, reason=c.reason)
+                                     for i, c in auto.items()})
+
+
+def _auto_choice(live: Any, feature: int, max_act: float, mode: str) -> Any:
+    """The calibrated choice for `feature` (steering.auto): kept in memory, read from the database's cache if
+    `featurescope steer` stored it there, else computed (the explorer never writes its database)."""
+    from featurescope.steering.auto import auto_value
+    from featurescope.steering.calibrate import CalibrationConfig
+
+    key = (feature, mode)
+    if key not in live.auto:
+        live.auto[key] = auto_value(live.model, live.sae, feature, max_act, con=live.store.con,
+                                    cfg=CalibrationConfig(mode=mode))
+    return live.auto[key]
 
 
 def _ce_corpus(meta: dict[str, object]) -> str:

@@ -53,6 +53,8 @@ class Live:
         self.lock = threading.Lock()
         self.ce: dict[str, Any] | None = None
         """The last CE-loss-recovered measurement (kept in memory only)."""
+        self.auto: dict[tuple[int, str], Any] = {}
+        """Calibrated `auto` steering choices by (feature, mode), kept in memory (`steering.auto`)."""
 
 
 class Explorer:

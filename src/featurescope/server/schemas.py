@@ -160,7 +160,8 @@ class TextSearchResult(BaseModel):
 
 class SteerFeature(BaseModel):
     feature: int = Field(ge=0)
-    value: str | float = Field("5x", description='a multiple of the max activation ("5x", "-2x") or a number')
+    value: str | float = Field("auto", description='"auto" (the calibrated multiple, docs/steering.md), a multiple '
+                               'of the max activation ("5x", "-2x") or a number')
 
     @field_validator("value")
     @classmethod
@@ -180,11 +181,18 @@ class SteerRequest(BaseModel):
     chat: bool = False
 
 
+class AutoChoice(BaseModel):
+    multiple: float = Field(description="the chosen multiple of the feature's max activation")
+    reason: str
+
+
 class SteerResult(BaseModel):
     prompt: str = Field(description="the text the model saw")
     baseline: str
     steered: str
     values: dict[int, float] = Field(description="the absolute value each feature was steered with")
+    auto: dict[int, AutoChoice] = Field(default_factory=dict, description="the choice made for each feature "
+                                        "given auto")
 
 
 class CERequest(BaseModel):

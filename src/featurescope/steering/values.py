@@ -2,7 +2,8 @@
 
 A value ending in `x` (or `×`) is a multiple of the feature's maximum activation over the corpus, read from the
 feature database (`featurescope.store`) or given directly; any other number is an absolute activation. 0 is
-ablation in clamp mode. Values are in the SAE's feature units (what `sae.encode` returns).
+ablation in clamp mode. Values are in the SAE's feature units (what `sae.encode` returns). `auto` stands for
+the feature's calibrated multiple (`steering.calibrate`), which the caller resolves before steering.
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ MaxActivations = Tensor | Mapping[int, float]
 
 
 class SteerValue(NamedTuple):
-    """A steering value as given: `amount` × the feature's max activation if `multiple`, else absolute."""
+    """A steering value as given: `amount` × the feature's max activation if `multiple`, else absolute;
+    `auto`: the calibrated multiple, still to be chosen (`amount` is then NaN)."""
 
     amount: float
     multiple: bool
+    auto: bool = False
 
     def __str__(self) -> str:
+        if self.auto:
+            return "auto"
         return f"{self.amount:g}x" if self.multiple else f"{self.amount:g}"
+
+
+AUTO = SteerValue(math.nan, True, True)
 
 
 def _number(text: str, original: object) -> float:
@@ -39,7 +47,8 @@ def _number(text: str, original: object) -> float:
         value = float(text)
     except ValueError:
         raise FeaturescopeError(
-            f"bad steering value {original!r}: use a number (12.5, 0) or a multiple of the max activation (5x, -2x)"
+            f"bad steering value {original!r}: use a number (12.5, 0), a multiple of the max activation (5x, -2x) "
+            "or auto"
         ) from None
     if not math.isfinite(value):
         raise FeaturescopeError(f"bad steering value {original!r}: must be finite")
@@ -47,9 +56,12 @@ def _number(text: str, original: object) -> float:
 
 
 def parse_value(value: str | float | SteerValue) -> SteerValue:
-    """"5x" → 5 × max activation; "-2x" → −2 × max; "0" or 0 → ablation; "12.5" or 12.5 → absolute."""
+    """"5x" → 5 × max activation; "-2x" → −2 × max; "0" or 0 → ablation; "12.5" or 12.5 → absolute;
+    "auto" → `AUTO`."""
     if isinstance(value, SteerValue):
         return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise FeaturescopeError(f"bad steering value {value!r}: expected a number or a string such as '5x'")
     if isinstance(value, (int, float)):
@@ -68,6 +80,8 @@ def parse_values(text: str) -> list[SteerValue]:
     out = []
     for part in parts:
         v = parse_value(part)
+        if v.auto:
+            raise FeaturescopeError("auto is not a multiple: give numbers such as 1,2,5")
         out.append(v if v.multiple else SteerValue(v.amount, True))
     return out
 
@@ -104,6 +118,9 @@ def resolve_values(features: Mapping[int, Any], d_sae: int, max_acts: MaxActivat
     for feature, raw in features.items():
         i = check_feature(feature, d_sae)
         value = parse_value(raw)
+        if value.auto:
+            raise FeaturescopeError(f"feature {i}: resolve the value auto first (featurescope.steering.auto."
+                                    "auto_value; the CLI and the explorer do it)")
         if not value.multiple:
             out[i] = value.amount
             continue

@@ -3,12 +3,13 @@ import { api, clear, el, featureLink, fmt, initNav, showError } from "./common.j
 
 const main = document.getElementById("main");
 
-function featureRow(information, rows, start = "", value = "5x") {
+function featureRow(information, rows, start = "", value = "auto") {
   const label = el("span", { class: "small muted" });
   const id = el("input", { type: "number", min: "0", max: String(information.d_sae - 1), value: start,
                            "aria-label": "feature id", class: "feature-id", required: true });
   const val = el("input", { type: "text", value, maxlength: "32", "aria-label": "value", class: "feature-value",
-                            title: "a multiple of the feature's max activation (5x, -2x) or an absolute value" });
+                            title: "auto (the calibrated multiple), a multiple of the feature's max activation (5x, -2x) or an "
+                              + "absolute value" });
   const lookup = async () => {
     label.replaceChildren();
     if (id.value === "") return;
@@ -47,10 +48,13 @@ async function generate(form, out) {
   clear(out).append(el("p", { class: "muted" }, "Generating (baseline, then steered)…"));
   try {
     const r = await api("/api/steer", body);
-    const values = Object.entries(r.values).map(([f, v]) => `#${f} = ${fmt(v)}`).join(", ");
+    const auto = r.auto || {};
+    const values = Object.entries(r.values).map(([f, v]) => `#${f} = ${fmt(v)}`
+      + (auto[f] ? ` (auto ${fmt(auto[f].multiple)}x)` : "")).join(", ");
     clear(out).append(el("div", { class: "grid cols-2" },
       column("Baseline", r.prompt, r.baseline, "baseline"),
-      column(`Steered (${body.mode} ${values})`, r.prompt, r.steered, "steered")));
+      column(`Steered (${body.mode} ${values})`, r.prompt, r.steered, "steered")),
+      ...Object.entries(auto).map(([f, c]) => el("p", { class: "muted small" }, `#${f} auto: ${c.reason}`)));
   } finally {
     button.disabled = false;
   }
@@ -92,8 +96,8 @@ function form(information) {
 async function main_() {
   const information = await initNav("/steer");
   clear(main).append(el("h1", {}, "Steering playground"),
-    el("p", { class: "muted" }, "Clamp features to a multiple of their max activation (5x), suppress them (-2x) or "
-      + "ablate them (0), and compare the continuation with the model's own (same seed). Greedy at temperature 0."));
+    el("p", { class: "muted" }, "Clamp features to a calibrated value (auto: the largest multiple of their max "
+      + "activation that keeps text fluent), a multiple of it (5x), suppress them (-2x) or ablate them (0), and compare the continuation with the model's own (same seed). Greedy at temperature 0."));
   if (!information.live) {
     main.append(el("p", { class: "notice" }, "Steering needs the model: start the explorer with "
       + "featurescope serve DB --sae SAE_DIR (and --model)."));

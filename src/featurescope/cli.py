@@ -63,8 +63,9 @@ def _print_eval(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from featurescope.terminal import SafeConsole as Console
 
     table = Table(title="SAE evaluation")
     table.add_column("metric")

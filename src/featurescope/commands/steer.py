@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import Any
 
 from featurescope.errors import FeaturescopeError
+from featurescope.terminal import dumps
 
 # Let "-2x" and "-2,0,5" be option values (argparse would take them for options); `--clamp=-2x` always works.
 _NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
@@ -56,10 +56,11 @@ def _feature_label(store: Any, feature: int) -> str:
 
 
 def _print_pair(result: Any, features: dict[int, Any], mode: str, labels: dict[int, str]) -> None:
-    from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
+
+    from featurescope.terminal import SafeConsole as Console
 
     console = Console()
     parts = []
@@ -110,19 +111,20 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     else:
         result = generate(model, sae, args.prompt, features, **kwargs)
     if args.json:
-        print(json.dumps({
+        print(dumps({
             "prompt": result.prompt, "baseline": result.baseline, "steered": result.steered, "mode": args.mode,
             "features": {str(i): {"given": str(v), "value": result.values[i], "label": labels[i]}
                          for i, v in features.items()},
-        }, indent=2, ensure_ascii=False))
+        }, indent=2))
     else:
         _print_pair(result, features, args.mode, labels)
     return 0
 
 
 def _print_sweep(result: Any, paths: tuple[Any, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from featurescope.terminal import SafeConsole as Console
 
     def num(x: float | None, fmt: str = ".3g") -> str:
         return "–" if x is None or x != x else format(x, fmt)
@@ -169,7 +171,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             store.close()
     paths = write_outputs(result, cfg.out)
     if cfg.json:
-        print(json.dumps(result_json(result), indent=2, ensure_ascii=False))
+        print(dumps(result_json(result), indent=2))
     else:
         _print_sweep(result, paths)
     return 0

@@ -76,7 +76,9 @@ def input_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
 
 
 def parse_line(line: str, fmt: str) -> tuple[str, Any]:
-    """(text, id or None) of one input line; a malformed JSON line raises FeaturescopeError."""
+    """(text, id or None) of one input line; a malformed JSON line, bytes that are not UTF-8 or a lone
+    surrogate raise FeaturescopeError."""
+    _require_utf8(line, "the line is not valid UTF-8")
     if fmt == "text" or (fmt == "auto" and not line.lstrip().startswith("{")):
         return line, None
     try:
@@ -87,7 +89,17 @@ def parse_line(line: str, fmt: str) -> tuple[str, Any]:
         raise FeaturescopeError("expected a JSON object with a string \"text\"")
     if not obj["text"].strip():
         raise FeaturescopeError("empty \"text\"")
+    _require_utf8(json.dumps(obj, ensure_ascii=False), "the JSON holds a lone surrogate (\\ud800-\\udfff)")
     return obj["text"], obj.get("id")
+
+
+def _require_utf8(text: str, message: str) -> None:
+    """Raise FeaturescopeError(message) if `text` cannot be written as UTF-8 (undecodable bytes read with
+    errors="surrogateescape", or a lone surrogate from a JSON escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeaturescopeError(message) from None
 
 
 def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tuple[list[int], dict[int, str]]:
@@ -251,6 +263,6 @@ def _chain(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[
 
 def _open_input(path: str) -> IO[str]:
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes: an error on that line
     except OSError as e:
         raise FeaturescopeError(f"{path}: cannot read ({e.strerror})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +35,11 @@ async def _featurescope_error(request: Request, error: Exception) -> JSONRespons
     return JSONResponse({"detail": str(error)}, status_code=_status(error))
 
 
+async def _damaged_database(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "the feature database is damaged; rebuild it (featurescope analyze --overwrite)"},
+                        status_code=503)
+
+
 def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
                allowed_hosts: Iterable[str] | None = LOCAL_HOSTS, device: str = "cpu",
                eval_path: str | Path | None = None) -> FastAPI:
@@ -54,6 +60,7 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.explorer = ex
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
+    app.add_exception_handler(sqlite3.DatabaseError, _damaged_database)
     app.include_router(api_store.router)
     app.include_router(api_images.router)
     app.include_router(api_live.router)

@@ -8,8 +8,8 @@ import shutil
 import sqlite3
 
 import pytest
-from explorer_helpers import build_db
 
+from explorer_helpers import build_db
 from featurescope.cli import main
 from featurescope.errors import FeaturescopeError
 from featurescope.probes.monitor import parse_line

@@ -95,3 +95,11 @@ def test_monitor_rejects_undecodable_lines(line):
     with pytest.raises(FeaturescopeError, match="UTF-8|surrogate"):
         parse_line(line, "auto")
     assert parse_line('{"text": "caf\\u00e9"}', "auto") == ("café", None)
+
+
+@pytest.mark.parametrize("args", [["steer", "--prompt", "x", "--feature", "0", "--clamp", "1e300", "--json"],
+                                  ["steer", "--prompt", "x", "--feature", "0", "--clamp=-2e6x"],
+                                  ["steer-sweep", "--prompt", "x", "--feature", "0", "--multiples", "1,1e7"]])
+def test_steer_values_are_bounded_like_the_server(capsys, tmp_path, args):
+    code, out, err = _run(capsys, *args, "--sae", str(tmp_path / "no-sae"))
+    assert code == 2 and out == "" and "too large (at most 1e+06" in err, err

@@ -44,8 +44,19 @@ def _pairs(features: list[int], values: list[str]) -> dict[int, Any]:
     for feature, value in zip(features, values, strict=True):
         if feature in out:
             raise FeaturescopeError(f"feature {feature} is given twice")
-        out[feature] = parse_value(value)
+        out[feature] = _bounded(parse_value(value))
     return out
+
+
+MAX_ABS_STEER = 1e6
+"""Largest absolute steering value or multiple (the explorer's limit too): beyond it the activations overflow."""
+
+
+def _bounded(value: Any) -> Any:
+    """`value` (a SteerValue) unless its magnitude is over MAX_ABS_STEER."""
+    if abs(value.amount) > MAX_ABS_STEER:
+        raise FeaturescopeError(f"steering value {value} is too large (at most {MAX_ABS_STEER:g} in magnitude)")
+    return value
 
 
 def _feature_label(store: Any, feature: int) -> str:
@@ -155,7 +166,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(SweepConfig, args)
     if not cfg.prompt.strip():
         raise FeaturescopeError("the prompt is empty (--prompt)")
-    parse_values(cfg.multiples)
+    for value in parse_values(cfg.multiples):
+        _bounded(value)
     if not cfg.db and cfg.max_activation is None:
         raise FeaturescopeError("a sweep over multiples needs the feature's max activation: give --db or "
                                 "--max-activation")

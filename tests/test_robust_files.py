@@ -113,3 +113,22 @@ def test_output_files_and_folders_take_the_umask(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "exp", *(tmp_path / "exp").iterdir(),
                                                               tmp_path / "t.safetensors"]}
     assert modes == {"exp": 0o755, "cfg.json": 0o644, "sae_weights.safetensors": 0o644, "t.safetensors": 0o644}
+
+
+def test_image_harvest_clears_only_its_own_store(tmp_path):
+    from featurescope.vision.harvest import _clean
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "shard-00000.safetensors").write_bytes(b"mine")
+    with pytest.raises(FeaturescopeError, match="holds no activation store"):
+        _clean(user, {"shards": []}, everything=True)
+    write_json(user / MANIFEST, {"name": "another program"})
+    with pytest.raises(FeaturescopeError, match="holds no activation store"):
+        _clean(user, {"shards": []}, everything=True)
+    write_json(user / MANIFEST, {"format": STORE_FORMAT, "shards": []})
+    with pytest.raises(FeaturescopeError, match="shard-00000.safetensors"):  # not written by a harvest
+        _clean(user, {"shards": []}, everything=True)
+    assert (user / "shard-00000.safetensors").read_bytes() == b"mine"
+    _clean(user, {"shards": []}, everything=False)  # a rerun: a stray of that name is deleted only if ours
+    assert (user / "shard-00000.safetensors").read_bytes() == b"mine"

@@ -31,6 +31,7 @@ from featurescope.probes.session import open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
 from featurescope.probes.stats import conformal_threshold, min_negatives, split_groups
 from featurescope.sae import SAE
+from featurescope.terminal import dumps
 
 FORMATS = ("auto", "jsonl", "text")
 
@@ -239,7 +240,7 @@ def _monitor_stream(cfg: MonitorConfig, stream: IO[str], stdout: IO[str], stderr
                 record = {"line": n, "error": str(e)}
                 errors += 1
             try:
-                stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stdout.write(dumps(record) + "\n")  # C1 controls escaped too (featurescope.terminal)
                 stdout.flush()
             except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
                 _silence(stdout)

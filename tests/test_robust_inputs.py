@@ -103,3 +103,23 @@ def test_monitor_rejects_undecodable_lines(line):
 def test_steer_values_are_bounded_like_the_server(capsys, tmp_path, args):
     code, out, err = _run(capsys, *args, "--sae", str(tmp_path / "no-sae"))
     assert code == 2 and out == "" and "too large (at most 1e+06" in err, err
+
+
+def test_analyze_refuses_a_damaged_database_and_never_replaces_a_user_file(dbs, tmp_path):
+    from featurescope.analysis.pipeline import _existing
+    from featurescope.store import FeatureStore
+
+    good = dbs[0]
+    with FeatureStore.open(good) as db:
+        identity = db.meta["identity"]
+    assert _existing(good, identity, False)  # a whole database of these settings: done
+    bad = tmp_path / "bad.db"
+    data = good.read_bytes()
+    bad.write_bytes(data[:8192] + b"\xa5" * 16384 + data[8192 + 16384:])  # same size, pages overwritten
+    with pytest.raises(FeaturescopeError, match="damaged"):
+        _existing(bad, identity, False)
+    assert not _existing(bad, identity, True)  # --overwrite rebuilds it
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(FeaturescopeError, match="not a feature database"):
+        _existing(notes, identity, True)

@@ -121,7 +121,10 @@ class Explorer:
         stamp = _stamp(self.path)
         if stamp is None or stamp == self._stamp:
             return
-        new = FeatureStore.open(self.path)
+        try:
+            new = FeatureStore.open(self.path)
+        except FeaturescopeError as e:  # replaced by a damaged or foreign file: the server's fault, not the request's
+            raise Unavailable(f"{self.path.name} was replaced by a file that cannot be served: {e}") from None
         if self.live is not None and new.d_sae != self.d_sae:
             new.close()
             raise Unavailable(f"{self.path.name} was replaced by the database of another SAE ({new.d_sae} features, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,10 +84,12 @@ def test_resume_after_sigkill_gives_the_uninterrupted_store(tmp_path, gemma):
     proc.wait()
     partial = json.loads((out / "manifest.json").read_text())
     assert not partial["complete"], "the run finished before it could be killed"
-    (out / "shard-09999.safetensors").write_bytes(b"stray")  # a shard the manifest never recorded
+    shutil.copy(out / "shard-00000.safetensors", out / "shard-09999.safetensors")  # ours, never recorded
+    (out / "shard-09998.safetensors").write_bytes(b"user")  # a user's file of the same name pattern: kept
     done = subprocess.run(_harvest_cmd(out, tokens), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert not (out / "shard-09999.safetensors").exists()
+    assert (out / "shard-09998.safetensors").read_bytes() == b"user"
     a, b = ActivationStore(ref), ActivationStore(out)
     assert a.n_rows == b.n_rows == tokens
     for x, y in zip(_all(a), _all(b), strict=True):

@@ -134,6 +134,11 @@ def test_export_does_not_clobber(tmp_path: Path) -> None:
     with pytest.raises(FeaturescopeError, match="not empty"):
         export(sae, out, "saelens")
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(FeaturescopeError, match="not an exported SAE"):  # --overwrite replaces only an SAE
+        export(sae, out, "sparsify", overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    export(sae, out, "saelens")
     export(sae, out, "sparsify", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "temporary folders left behind"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 
 from featurescope.cli_args import add_dataclass_args, dataclass_from_args
 from featurescope.errors import FeaturescopeError
+from featurescope.terminal import clean
 
 DESCRIPTION = """\
 Find, explain and steer the features inside a language model with sparse autoencoders.
@@ -59,8 +61,9 @@ def _print_eval(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from featurescope.terminal import SafeConsole as Console
 
     where = "IN-SAMPLE: training rows" if result.in_sample else "held-out rows, never trained on"
     table = Table(title=f"SAE evaluation ({where})")
@@ -190,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except FeaturescopeError as e:
-        print(f"featurescope: error: {e}", file=sys.stderr)
+        print(f"featurescope: error: {clean(str(e))}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.db_check)
+        print(f"featurescope: error: a database is damaged ({clean(str(e))}); rebuild it", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("featurescope: interrupted; rerun the same command to resume", file=sys.stderr)

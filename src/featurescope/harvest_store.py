@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from featurescope.heldout import DEFAULT_HELDOUT
 from featurescope.model_cache import DEFAULT_LAYERS
 from featurescope.models import LanguageModel, load_model
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
+from featurescope.ownership import refuse_foreign, safetensors_format
 
 # Settings that must match for a rerun to continue an existing store.
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
@@ -148,11 +150,32 @@ def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, 
     return old
 
 
+def _ours(out: Path, keep: set[str]) -> Callable[[Path], bool]:
+    """Whether an entry of the store `out` was written by a harvest: the manifest, a file it records,
+    a shard whose safetensors metadata names our format, or an unfinished atomic write of one of them."""
+    def check(p: Path) -> bool:
+        if not p.is_file():
+            return False
+        if p.name == MANIFEST or p.name in keep:
+            return True
+        if p.name.startswith((".shard-", f".{MANIFEST}.")) and p.name.endswith(".tmp"):
+            return True
+        return p.suffix == ".safetensors" and safetensors_format(p) == STORE_FORMAT
+    return check
+
+
+def _is_store_manifest(out: Path) -> bool:
+    return (out / MANIFEST).is_file() and isinstance(m := read_json(out / MANIFEST), dict) and \
+        m.get("format") == STORE_FORMAT
+
+
 def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
-    """Delete shard files the manifest does not record (a run killed between a shard and its manifest)."""
+    """Delete shard files the manifest does not record (a run killed between a shard and its manifest):
+    only those whose content shows a harvest wrote them."""
     keep = {s["file"] for s in manifest["shards"]}
+    ours = _ours(out, set())
     for f in itertools.chain(out.glob("shard-*.safetensors"), out.glob(".shard-*.tmp"), out.glob(f".{MANIFEST}.*")):
-        if f.name not in keep:
+        if f.name not in keep and ours(f):
             f.unlink(missing_ok=True)
 
 
@@ -167,17 +190,36 @@ def open_inputs(cfg: HarvestConfig, model: LanguageModel | None, device: str
 
 
 def begin_store(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
-    """Create or check the store folder and return the manifest to continue from (strays deleted)."""
+    """Create or check the store folder and return the manifest to continue from (strays deleted).
+
+    A folder without our manifest must be empty (a store that lost its manifest, or a user's folder,
+    is refused, never cleared); a new store's manifest is written before its first shard.
+    """
+    new = not (out / MANIFEST).exists()
+    if new and out.is_dir() and any(out.iterdir()):
+        raise FeaturescopeError(f"{out}: folder is not empty and holds no activation store ({MANIFEST}); "
+                                "choose an empty or new --out")
     manifest = _prepare(cfg, out, fresh)
     out.mkdir(parents=True, exist_ok=True)
     _remove_strays(out, manifest)
+    if new:
+        write_json(out / MANIFEST, manifest)
     return manifest
 
 
 def clear_store(cfg: HarvestConfig, out: Path) -> None:
-    """With --overwrite, delete the store in `out` (shards and manifest)."""
-    if cfg.overwrite and (out / MANIFEST).exists():
-        for f in itertools.chain(out.glob("shard-*.safetensors"), [out / MANIFEST]):
+    """With --overwrite, delete the store in `out` (its manifest and the shards it wrote); a folder whose
+    manifest is not a store's, or that holds other files too, is refused with nothing deleted."""
+    if not (cfg.overwrite and (out / MANIFEST).exists()):
+        return
+    if not _is_store_manifest(out):
+        raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; "
+                                "--overwrite deletes only a store; choose another --out")
+    keep = {str(s.get("file")) for s in read_json(out / MANIFEST).get("shards", []) if isinstance(s, dict)}
+    ours = _ours(out, keep)
+    refuse_foreign(out, ours, "an activation store's")
+    for f in sorted(out.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
+        if ours(f):
             f.unlink(missing_ok=True)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from featurescope.atomic import atomic_path
+from featurescope.db_check import check_database
 from featurescope.errors import FeaturescopeError
 from featurescope.tokentext import merge_pieces, readable, text_has_words
 
@@ -62,6 +63,9 @@ CREATE INDEX labels_score ON labels (kind, score);
 """
 TABLES = ("meta", "features", "histograms", "contexts", "tokens", "examples", "logit_effects", "neighbours",
           "map", "labels", "decoder")
+REQUIRED_TABLES = ("meta", "features", "histograms", "contexts", "tokens", "examples", "logit_effects",
+                   "neighbours", "map", "labels", "decoder")
+"""Tables every version-1 database holds (the damage check requires them; tables added later are optional)."""
 TOP_BY = ("density", "max", "label-score", "mean", "id")
 
 
@@ -322,8 +326,9 @@ class FeatureStore:
         con.create_function("fs_words", 2, text_has_words, deterministic=True)
 
     @classmethod
-    def open(cls, path: str | Path) -> FeatureStore:
-        """Open `path`; a missing, unreadable or foreign file raises FeaturescopeError."""
+    def open(cls, path: str | Path, *, full_check: bool = False) -> FeatureStore:
+        """Open `path` after a cheap damage check (featurescope.db_check; `full_check`: SQLite's quick_check
+        at any size); a missing, unreadable, damaged or foreign file raises FeaturescopeError."""
         path = Path(path)
         if not path.is_file():
             raise FeaturescopeError(f"{path}: no such feature database")
@@ -333,6 +338,14 @@ class FeatureStore:
             meta = {k: json.loads(v) for k, v in rows}
         except (sqlite3.DatabaseError, json.JSONDecodeError) as e:
             raise FeaturescopeError(f"{path}: not a featurescope feature database ({e})") from None
+        try:
+            check_database(path, con, REQUIRED_TABLES, full=full_check)
+            if not isinstance(meta.get("d_sae"), int) or meta["d_sae"] <= 0:
+                raise FeaturescopeError(f"{path}: the feature database's meta table is damaged (d_sae)")
+        except FeaturescopeError:
+            if meta.get("format") == FORMAT:
+                con.close()
+                raise
         if meta.get("format") != FORMAT:
             con.close()
             raise FeaturescopeError(f"{path}: not a featurescope feature database (format {meta.get('format')!r})")

@@ -35,6 +35,7 @@ from featurescope.analysis.neighbours import nearest_neighbours
 from featurescope.analysis.source import ModelBatches, StoreBatches
 from featurescope.analysis.write import Finished, referenced_contexts, token_ids_used, write_db
 from featurescope.atomic import read_json
+from featurescope.db_check import is_sqlite_file
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
@@ -206,10 +207,12 @@ def _identity(cfg: AnalyzeConfig, s: _Setup) -> dict[str, Any]:
 
 def _existing(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
     """True if `out` already holds this analysis; raises if it holds something else (unless `overwrite`)."""
+    if out.exists() and not is_sqlite_file(out):  # --overwrite replaces only a database, never a user's file
+        raise FeaturescopeError(f"{out}: exists and is not a feature database; choose another --out")
     if not out.exists() or overwrite:
         return False
     try:
-        with FeatureStore.open(out) as db:
+        with FeatureStore.open(out, full_check=True) as db:  # a damaged database is refused, never taken as done
             old = db.meta.get("identity", {})
     except FeaturescopeError as e:
         raise FeaturescopeError(f"{e}; choose another --out or pass --overwrite") from None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from featurescope.cli import add_command
 from featurescope.cli_args import add_dataclass_args, dataclass_from_args
 from featurescope.errors import FeaturescopeError
+from featurescope.terminal import dumps
 
 
 def _jsonable(obj: Any) -> Any:
@@ -24,9 +24,9 @@ def _jsonable(obj: Any) -> Any:
 
 def _print(obj: Any, args: argparse.Namespace, renderable: Any = None) -> None:
     if args.json or renderable is None:
-        print(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False))
+        print(dumps(_jsonable(obj), indent=2))
         return
-    from rich.console import Console
+    from featurescope.terminal import SafeConsole as Console
 
     Console().print(renderable)
 

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from featurescope.cli import add_command
 from featurescope.cli_args import add_dataclass_args, dataclass_from_args
+from featurescope.errors import FeaturescopeError
+from featurescope.terminal import dumps
 
 
 def _print_json(obj: Any) -> None:
     from featurescope.probes.db import to_json
 
-    print(json.dumps(to_json(obj), indent=2, ensure_ascii=False))
+    print(dumps(to_json(obj), indent=2))
 
 
 def _cmd_multilingual(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from featurescope.probes.multilingual import MultilingualConfig, no_findings_message, run_multilingual
     from featurescope.probes.render import multilingual_table
+    from featurescope.terminal import SafeConsole as Console
 
     cfg = dataclass_from_args(MultilingualConfig, args)
     r = run_multilingual(cfg, progress=not args.quiet and not cfg.json)
@@ -42,10 +42,9 @@ def _cmd_multilingual(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from featurescope.probes.probe import ProbeConfig, SuppressionResult, run_probe
     from featurescope.probes.render import category_table, suppression_table
+    from featurescope.terminal import SafeConsole as Console
 
     cfg = dataclass_from_args(ProbeConfig, args)
     r = run_probe(cfg, progress=not args.quiet and not cfg.json)
@@ -71,8 +70,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(MonitorConfig, args)
     if hasattr(sys.stdin, "reconfigure"):
-        sys.stdin.reconfigure(encoding="utf-8", errors="replace")
-    return run_monitor(cfg, quiet=args.quiet)
+        sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")  # bad bytes: an error on that line
+    try:
+        return run_monitor(cfg, quiet=args.quiet)
+    except (FeaturescopeError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # exit 1 means "some texts flagged": a crash must not read as that
+        raise FeaturescopeError(f"monitor failed: {type(e).__name__}: {e}") from e
 
 
 def register(sub: Any) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import Any
 
 from featurescope.errors import FeaturescopeError
+from featurescope.terminal import dumps
 
 # Let "-2x" and "-2,0,5" be option values (argparse would take them for options); `--clamp=-2x` always works.
 _NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
@@ -46,8 +46,19 @@ def _pairs(features: list[int], values: list[str]) -> dict[int, Any]:
     for feature, value in zip(features, values, strict=True):
         if feature in out:
             raise FeaturescopeError(f"feature {feature} is given twice")
-        out[feature] = parse_value(value)
+        out[feature] = _bounded(parse_value(value))
     return out
+
+
+MAX_ABS_STEER = 1e6
+"""Largest absolute steering value or multiple (the explorer's limit too): beyond it the activations overflow."""
+
+
+def _bounded(value: Any) -> Any:
+    """`value` (a SteerValue) unless its magnitude is over MAX_ABS_STEER."""
+    if abs(value.amount) > MAX_ABS_STEER:
+        raise FeaturescopeError(f"steering value {value} is too large (at most {MAX_ABS_STEER:g} in magnitude)")
+    return value
 
 
 def _feature_label(store: Any, feature: int) -> str:
@@ -59,10 +70,11 @@ def _feature_label(store: Any, feature: int) -> str:
 
 def _print_pair(result: Any, features: dict[int, Any], mode: str, labels: dict[int, str], auto: dict[int, Any],
                 others: dict[str, str]) -> None:
-    from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
+
+    from featurescope.terminal import SafeConsole as Console
 
     console = Console()
     parts = []
@@ -159,22 +171,23 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         result = generate(model, sae, args.prompt, chosen, **kwargs)
     others = _multiples(model, sae, features, max_acts, args, SHOWN_MULTIPLES) if args.show_multiples else {}
     if args.json:
-        print(json.dumps({
+        print(dumps({
             "prompt": result.prompt, "baseline": result.baseline, "steered": result.steered, "mode": args.mode,
             "features": {str(i): {"given": str(v), "value": result.values[i], "label": labels[i],
                                   **({"auto": {"multiple": auto[i].multiple, "reason": auto[i].reason,
                                                "cached": auto[i].cached}} if i in auto else {})}
                          for i, v in features.items()},
             **({"multiples": others} if others else {}),
-        }, indent=2, ensure_ascii=False))
+        }, indent=2))
     else:
         _print_pair(result, chosen, args.mode, labels, auto, others)
     return 0
 
 
 def _print_sweep(result: Any, paths: tuple[Any, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from featurescope.terminal import SafeConsole as Console
 
     def num(x: float | None, fmt: str = ".3g") -> str:
         return "–" if x is None or x != x else format(x, fmt)
@@ -205,7 +218,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(SweepConfig, args)
     if not cfg.prompt.strip():
         raise FeaturescopeError("the prompt is empty (--prompt)")
-    parse_values(cfg.multiples)
+    for value in parse_values(cfg.multiples):
+        _bounded(value)
     if not cfg.db and cfg.max_activation is None:
         raise FeaturescopeError("a sweep over multiples needs the feature's max activation: give --db or "
                                 "--max-activation")
@@ -221,7 +235,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             store.close()
     paths = write_outputs(result, cfg.out)
     if cfg.json:
-        print(json.dumps(result_json(result), indent=2, ensure_ascii=False))
+        print(dumps(result_json(result), indent=2))
     else:
         _print_sweep(result, paths)
     return 0

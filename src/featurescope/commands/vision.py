@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from featurescope.cli import add_command
 from featurescope.cli_args import add_dataclass_args, dataclass_from_args
+from featurescope.terminal import dumps
 
 
 def _cmd_harvest_images(args: argparse.Namespace) -> int:
@@ -33,10 +33,11 @@ def _cmd_image_probe(args: argparse.Namespace) -> int:
 
     r = image_probe(dataclass_from_args(ImageProbeConfig, args), progress=not args.quiet)
     if args.json:
-        print(json.dumps({"pairs": r.pairs, "top": [s._asdict() for s in r.top]}, indent=2, ensure_ascii=False))
+        print(dumps({"pairs": r.pairs, "top": [s._asdict() for s in r.top]}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from featurescope.terminal import SafeConsole as Console
 
     table = Table(title=f"features firing on both images and captions ({r.pairs} pairs)")
     for name in ("feature", "consistency", "jaccard", "images", "captions", "both", "label"):
@@ -56,11 +57,12 @@ def image_search(store: Any, args: argparse.Namespace, device: str) -> None:
     result = search_image(store, args.image, sae=args.sae, model=args.model, n=args.n, by=args.by,
                           text=args.text or "", device=device)
     if args.json:
-        print(json.dumps({"image": result.image, "grid": result.grid, "resized": result.resized,
-                          "hits": [h._asdict() for h in result.hits]}, indent=2, ensure_ascii=False))
+        print(dumps({"image": result.image, "grid": result.grid, "resized": result.resized,
+                     "hits": [h._asdict() for h in result.hits]}, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from featurescope.terminal import SafeConsole as Console
 
     rows, cols = result.grid
     table = Table(title=f"features firing on {result.image} ({rows}×{cols} patches)")

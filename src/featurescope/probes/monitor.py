@@ -32,6 +32,7 @@ from featurescope.probes.session import open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
 from featurescope.probes.stats import conformal_threshold, min_negatives, split_parts
 from featurescope.sae import SAE
+from featurescope.terminal import dumps
 
 FORMATS = ("auto", "jsonl", "text")
 
@@ -77,7 +78,9 @@ def input_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
 
 
 def parse_line(line: str, fmt: str) -> tuple[str, Any]:
-    """(text, id or None) of one input line; a malformed JSON line raises FeaturescopeError."""
+    """(text, id or None) of one input line; a malformed JSON line, bytes that are not UTF-8 or a lone
+    surrogate raise FeaturescopeError."""
+    _require_utf8(line, "the line is not valid UTF-8")
     if fmt == "text" or (fmt == "auto" and not line.lstrip().startswith("{")):
         return line, None
     try:
@@ -88,6 +91,7 @@ def parse_line(line: str, fmt: str) -> tuple[str, Any]:
         raise FeaturescopeError("expected a JSON object with a string \"text\"")
     if not obj["text"].strip():
         raise FeaturescopeError("empty \"text\"")
+    _require_utf8(json.dumps(obj, ensure_ascii=False), "the JSON holds a lone surrogate (\\ud800-\\udfff)")
     return obj["text"], obj.get("id")
 
 
@@ -98,6 +102,13 @@ def best_of_categories(rows: list[Any]) -> list[Any]:
         if r.category not in best or r.heldout_auroc > best[r.category].heldout_auroc:
             best[r.category] = r
     return list(best.values())
+def _require_utf8(text: str, message: str) -> None:
+    """Raise FeaturescopeError(message) if `text` cannot be written as UTF-8 (undecodable bytes read with
+    errors="surrogateescape", or a lone surrogate from a JSON escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeaturescopeError(message) from None
 
 
 def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tuple[list[int], dict[int, str]]:
@@ -248,7 +259,7 @@ def _monitor_stream(cfg: MonitorConfig, stream: IO[str], stdout: IO[str], stderr
                 record = {"line": n, "error": str(e)}
                 errors += 1
             try:
-                stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stdout.write(dumps(record) + "\n")  # C1 controls escaped too (featurescope.terminal)
                 stdout.flush()
             except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
                 _silence(stdout)
@@ -272,6 +283,6 @@ def _chain(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[
 
 def _open_input(path: str) -> IO[str]:
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8", errors="surrogateescape")  # bad bytes: an error on that line
     except OSError as e:
         raise FeaturescopeError(f"{path}: cannot read ({e.strerror})") from None

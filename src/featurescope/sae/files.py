@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError
+from featurescope.ownership import check_replaceable, open_permissions, refuse_foreign
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
                torch.bfloat16: "bfloat16"}
@@ -63,20 +64,27 @@ def positive_int(path: Path, cfg: dict[str, Any], key: str) -> int:
 
 
 @contextmanager
-def folder_writer(out: Path, *, overwrite: bool) -> Iterator[Path]:
+def folder_writer(out: Path, *, overwrite: bool, is_ours: Callable[[Path], bool] | None = None,
+                  what: str = "an SAE") -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out` by rename.
 
-    An existing `out` that is not empty is an error unless `overwrite`; then it is moved aside first
-    and deleted after the rename, so `out` is always either the old or the new complete folder
-    (briefly absent in between).
+    An existing `out` that is not empty is an error unless `overwrite` and every entry of it passes
+    `is_ours` (checked by content: nothing else is ever deleted); then it is moved aside first and
+    deleted after the rename, so `out` is always either the old or the new complete folder (briefly
+    absent in between). The current folder and those above it are never replaced.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FeaturescopeError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FeaturescopeError(f"{out}: folder exists and is not empty (pass overwrite=True to replace it)")
+    check_replaceable(out)
+    out = Path(os.path.abspath(out))
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FeaturescopeError(f"{out}: folder exists and is not empty (pass overwrite=True to replace it)")
+        refuse_foreign(out, is_ours or (lambda p: False), what)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    open_permissions(tmp)
     try:
         yield tmp
         old: Path | None = None

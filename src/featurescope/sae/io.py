@@ -115,7 +115,21 @@ def export(sae: SAE, out: Path, fmt: ExportFormat, *, overwrite: bool = False) -
         weights = "sae.safetensors"
     else:
         raise FeaturescopeError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    with folder_writer(Path(out), overwrite=overwrite) as tmp:
+    with folder_writer(Path(out), overwrite=overwrite, is_ours=_exported_file(Path(out)),
+                       what="an exported SAE") as tmp:
         write_safetensors(tmp / weights, tensors)
         write_json(tmp / CFG_FILE, cfg)
     return Path(out)
+
+
+_EXPORT_FILES = frozenset({CFG_FILE, "sae_weights.safetensors", WEIGHTS_FILE})
+
+
+def _exported_file(out: Path) -> Callable[[Path], bool]:
+    """Whether an entry of `out` belongs to an SAE folder `export` may replace: `out` must hold an SAE
+    (its cfg.json read by content) and nothing but cfg.json and the weights files."""
+    try:
+        is_sae = out.is_dir() and bool(_detect(out, read_cfg(out / CFG_FILE)))
+    except FeaturescopeError:
+        is_sae = False
+    return lambda p: is_sae and p.is_file() and p.name in _EXPORT_FILES

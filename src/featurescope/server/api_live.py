@@ -1,7 +1,8 @@
 """The live API, when the explorer was started with a model and SAE: text search, steering, CE loss recovered.
 
 Each request holds the model's lock for its duration (steering hooks must not see another request's
-forward passes); with no model loaded every route answers 409.
+forward passes); requests wait for their turn in `limits.LiveQueue` (503 when it is full), not in a worker
+thread. With no model loaded every route answers 409.
 """
 
 from __future__ import annotations
@@ -29,16 +30,28 @@ def _acts(values: list[float]) -> list[float]:
 
 @router.post("/search/text", summary="Run a text through the model and SAE: the features that fire on it",
              responses=LIVE_ERRORS)
-def search_text(request: Request, body: schemas.TextSearchRequest) -> schemas.TextSearchResult:
+async def search_text(request: Request, body: schemas.TextSearchRequest) -> schemas.TextSearchResult:
     from featurescope.analysis.search import search_text as run
 
     live = explorer(request).require_live()
-    with live.lock:
-        result = run(live.store, body.text, sae=live.sae, model=live.model, n=body.n, by=body.by,
-                     device=str(live.model.device))
+    _require_utf8(body.text)
+
+    def work() -> Any:
+        with live.lock:
+            return run(live.store, body.text, sae=live.sae, model=live.model, n=body.n, by=body.by,
+                       device=str(live.model.device))
+    result = await live.queue.run(work)
     hits = [schemas.Hit(feature=h.feature, max=finite(h.max) or 0.0, relative=finite(h.relative) or 0.0,
                         label=h.label, acts=_acts(h.acts)) for h in result.hits]
     return schemas.TextSearchResult(tokens=result.tokens, token_ids=result.token_ids, hits=hits)
+
+
+def _require_utf8(text: str) -> None:
+    """A lone surrogate (a JSON \\ud800 escape) is not text: 400."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeaturescopeError("the text holds a lone surrogate (\\ud800-\\udfff); send valid UTF-8") from None
 
 
 def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, object]:
@@ -59,20 +72,27 @@ def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, obj
 
 @router.post("/steer", summary="Generate a baseline and a steered continuation of a prompt, side by side",
              responses=LIVE_ERRORS)
-def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerResult:
+async def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerResult:
     from featurescope.steering.generate import generate
 
     ex = explorer(request)
     live = ex.require_live()
+    _require_utf8(body.prompt)
+    if not math.isfinite(body.temperature):
+        raise FeaturescopeError("temperature must be a finite number")
     values = _steer_values(request, body)
     max_acts = ex.max_activations()
-    with live.lock:
-        auto = {i: _auto_choice(live, i, float(max_acts[i]), body.mode) for i, v in values.items()
-                if getattr(v, "auto", False)}
-        values.update({i: f"{c.multiple:g}x" for i, c in auto.items()})
-        out = generate(live.model, live.sae, body.prompt, values, mode=body.mode, max_acts=max_acts,
-                       max_new_tokens=body.max_new_tokens, seed=body.seed, chat=body.chat,
-                       temperature=body.temperature)
+
+    def work() -> Any:
+        with live.lock:
+            auto = {i: _auto_choice(live, i, float(max_acts[i]), body.mode) for i, v in values.items()
+                    if getattr(v, "auto", False)}
+            chosen = {**values, **{i: f"{c.multiple:g}x" for i, c in auto.items()}}
+            out = generate(live.model, live.sae, body.prompt, chosen, mode=body.mode, max_acts=max_acts,
+                           max_new_tokens=body.max_new_tokens, seed=body.seed, chat=body.chat,
+                           temperature=body.temperature)
+            return out, auto
+    out, auto = await live.queue.run(work)
     return schemas.SteerResult(prompt=out.prompt, baseline=out.baseline, steered=out.steered,
                                values={k: finite(v) or 0.0 for k, v in out.values.items()},
                                auto={i: schemas.AutoChoice(multiple=c.multiple, reason=c.reason)
@@ -102,21 +122,26 @@ def _ce_corpus(meta: dict[str, object]) -> str:
 
 @router.post("/quality/ce", summary="Measure CE loss recovered with the SAE spliced into the model",
              responses=LIVE_ERRORS)
-def measure_ce(request: Request, body: schemas.CERequest) -> schemas.CEResult:
+async def measure_ce(request: Request, body: schemas.CERequest) -> schemas.CEResult:
     from featurescope.corpus import contexts, open_corpus
     from featurescope.evaluate import ce_metrics
 
     ex = explorer(request)
     live = ex.require_live()
     corpus = _ce_corpus(ex.meta)
-    with live.lock:
-        model = live.model
-        stream = contexts(open_corpus(corpus, seed=1), model.tokenizer, ctx_len=int(ex.meta.get("ctx_len") or 128),
-                          bos_id=model.bos_id)
-        ids = torch.tensor(list(itertools.islice(stream, body.contexts)))
-        if len(ids) == 0:
-            raise FeaturescopeError(f"{corpus}: no contexts to measure CE loss on")
-        m = ce_metrics(model, live.sae.to(model.device), int(ex.meta["layer"]), ids)
-        live.ce = {**m._asdict(), "corpus": corpus}
-    return schemas.CEResult(ce_clean=finite(m.ce_clean), ce_spliced=finite(m.ce_spliced), ce_zero=finite(m.ce_zero),
-                            loss_recovered=finite(m.loss_recovered), tokens=m.tokens, corpus=corpus)
+
+    def work() -> Any:
+        with live.lock:
+            model = live.model
+            stream = contexts(open_corpus(corpus, seed=1), model.tokenizer,
+                              ctx_len=int(ex.meta.get("ctx_len") or 128), bos_id=model.bos_id)
+            ids = torch.tensor(list(itertools.islice(stream, body.contexts)))
+            if len(ids) == 0:
+                raise FeaturescopeError(f"{corpus}: no contexts to measure CE loss on")
+            m = ce_metrics(model, live.sae.to(model.device), int(ex.meta["layer"]), ids)
+            live.ce = {**m._asdict(), "corpus": corpus}
+            return m
+    m = await live.queue.run(work)
+    return schemas.CEResult(ce_clean=finite(m.ce_clean), ce_spliced=finite(m.ce_spliced),
+                            ce_zero=finite(m.ce_zero), loss_recovered=finite(m.loss_recovered),
+                            tokens=m.tokens, corpus=corpus)

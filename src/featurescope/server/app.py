@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from featurescope import __version__
 from featurescope.errors import FeaturescopeError
 from featurescope.server import api_images, api_live, api_probes, api_store, limits, pages
-from featurescope.server.context import Explorer, NotFound, NotLoaded
+from featurescope.server.context import Explorer, NotFound, NotLoaded, Unavailable
 from featurescope.server.security import LOCAL_HOSTS, Guard
 
 DESCRIPTION = """The featurescope explorer's API over one feature database (read-only), and over the model
@@ -26,12 +28,27 @@ def _status(error: FeaturescopeError) -> int:
         return 404
     if isinstance(error, NotLoaded):
         return 409
+    if isinstance(error, Unavailable):
+        return 503
     return 400
 
 
 async def _featurescope_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, FeaturescopeError)
     return JSONResponse({"detail": str(error)}, status_code=_status(error))
+
+
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """422 without echoing the input: a lone surrogate or NaN in it cannot be written as JSON (was a 500)."""
+    assert isinstance(error, RequestValidationError)
+    detail = [{"type": e.get("type"), "loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg"))}
+              for e in error.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _damaged_database(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "the feature database is damaged; rebuild it (featurescope analyze --overwrite)"},
+                        status_code=503)
 
 
 def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
@@ -54,6 +71,8 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.explorer = ex
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
+    app.add_exception_handler(sqlite3.DatabaseError, _damaged_database)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(api_store.router)
     app.include_router(api_images.router)
     app.include_router(api_live.router)

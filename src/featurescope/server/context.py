@@ -7,6 +7,7 @@ its own read-only connection so that slow generations never block page loads.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,10 @@ from torch import Tensor
 
 from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError
+from featurescope.server.limits import LiveQueue
 from featurescope.store import FeatureStore
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(FeaturescopeError):
@@ -27,6 +31,19 @@ class NotFound(FeaturescopeError):
 
 class NotLoaded(FeaturescopeError):
     """A live request to an explorer started without a model and SAE: answered with 409."""
+
+
+class Unavailable(FeaturescopeError):
+    """The database cannot be served now (replaced by one this explorer cannot switch to): answered with 503."""
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a file is replaced or rewritten: device, inode, size, mtime (None: gone)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def finite(x: Any) -> float | None:
@@ -51,6 +68,7 @@ class Live:
     def __init__(self, sae: Any, model: Any, store: FeatureStore) -> None:
         self.sae, self.model, self.store = sae, model, store
         self.lock = threading.Lock()
+        self.queue = LiveQueue()
         self.ce: dict[str, Any] | None = None
         """The last CE-loss-recovered measurement (kept in memory only)."""
         self.auto: dict[tuple[int, str], Any] = {}
@@ -64,6 +82,7 @@ class Explorer:
                  eval_path: str | Path | None = None) -> None:
         self.path = Path(db_path)
         self.eval_metrics = read_eval(eval_path) if eval_path else {}
+        self._stamp = _stamp(self.path)
         self.store = FeatureStore.open(self.path)
         self.meta: dict[str, Any] = dict(self.store.meta)
         self.d_sae = self.store.d_sae
@@ -92,9 +111,31 @@ class Explorer:
 
     @contextmanager
     def read(self) -> Iterator[FeatureStore]:
-        """The shared store, held by this thread for the block."""
+        """The shared store, held by this thread for the block (reopened first if the file was replaced)."""
         with self._lock:
+            self._follow_replacement()
             yield self.store
+
+    def _follow_replacement(self) -> None:
+        """Reopen the database if `analyze --overwrite` or `probe` replaced the file (called under the lock).
+
+        The live model's SAE must match: a database of another SAE is refused (503) until a restart."""
+        stamp = _stamp(self.path)
+        if stamp is None or stamp == self._stamp:
+            return
+        try:
+            new = FeatureStore.open(self.path)
+        except FeaturescopeError as e:  # replaced by a damaged or foreign file: the server's fault, not the request's
+            raise Unavailable(f"{self.path.name} was replaced by a file that cannot be served: {e}") from None
+        if self.live is not None and new.d_sae != self.d_sae:
+            new.close()
+            raise Unavailable(f"{self.path.name} was replaced by the database of another SAE ({new.d_sae} features, "
+                              f"the loaded SAE has {self.d_sae}); restart the explorer")
+        old, self.store = self.store, new
+        self.meta, self.d_sae, self._stamp = dict(new.meta), new.d_sae, stamp
+        self._cache.clear()
+        old.close()
+        log.warning("%s was replaced on disk: reopened it", self.path)
 
     def check_id(self, i: int) -> int:
         """`i` if it is a feature id of the database, else NotFound."""
@@ -112,6 +153,7 @@ class Explorer:
     def cached(self, key: str, build: Any) -> Any:
         """`build(store)` computed once under the store lock, then kept."""
         with self._lock:
+            self._follow_replacement()
             if key not in self._cache:
                 self._cache[key] = build(self.store)
             return self._cache[key]

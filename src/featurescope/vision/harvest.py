@@ -28,6 +28,7 @@ from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSI
 from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
+from featurescope.ownership import refuse_foreign, safetensors_format
 from featurescope.vision.inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
 from featurescope.vision.models import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.vision.store import (
@@ -144,13 +145,37 @@ def _prepare(cfg: ImageHarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[
     return old
 
 
+def _written_here(p: Path) -> bool:
+    """Whether a file of a store folder was written by an image harvest, by its content."""
+    if p.name == MANIFEST or (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name.startswith(f".{MANIFEST}."):
+        return True
+    if p.is_dir():
+        return p.name == THUMBNAILS and all(f.suffix == ".jpg" or f.name.endswith(".tmp") for f in p.iterdir())
+    return p.suffix == ".safetensors" and safetensors_format(p) in (STORE_FORMAT, POSITIONS_FORMAT)
+
+
+def _check_owned(out: Path, everything: bool) -> None:
+    """Refuse a folder that is not an image store of ours (a non-empty folder without our manifest; with
+    `everything` (--overwrite): a foreign manifest or any file a harvest did not write)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise FeaturescopeError(f"{out}: folder is not empty and holds no activation store; nothing was changed — "
+                                "choose an empty or new --out")
+    if everything:
+        refuse_foreign(out, _written_here, "an image activation store's")
+
+
 def _clean(out: Path, manifest: dict[str, Any], everything: bool) -> None:
-    """Delete files the manifest does not record (all of the store's files if `everything`)."""
+    """Delete files the manifest does not record (all of the store's files if `everything`); only files
+    an image harvest wrote (checked by content) are ever deleted."""
+    _check_owned(out, everything)
     keep = set() if everything else {s[k] for s in manifest["shards"] for k in ("file", "images_file")}
     files = itertools.chain(out.glob("shard-*.safetensors"), out.glob("images-*.safetensors"), out.glob(".*.tmp"),
                             out.glob(f".{MANIFEST}.*"))
     for f in files:
-        if f.name not in keep:
+        if f.name not in keep and _written_here(f):
             f.unlink(missing_ok=True)
     if everything:
         (out / MANIFEST).unlink(missing_ok=True)
@@ -289,6 +314,8 @@ def harvest_images(cfg: ImageHarvestConfig, *, model: VisionLanguageModel | None
     manifest = _prepare(cfg, out, _new_manifest(cfg, model, layer, chat, _source_id(cfg.images)))
     out.mkdir(parents=True, exist_ok=True)
     _clean(out, manifest, everything=False)
+    if not (out / MANIFEST).exists():  # before the first shard: a killed run's folder is recognisably ours
+        write_json(out / MANIFEST, manifest)
     done = {r for s in manifest["shards"] for r in shard_refs(out, s)}
     todo = [it for it in items if it.ref not in done]
     context = sum(s["contexts"] for s in manifest["shards"])

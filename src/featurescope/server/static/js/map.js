@@ -7,7 +7,7 @@ const main = document.getElementById("main");
 const GL_ABOVE = 20000; // points beyond which the WebGL trace type is used
 
 export function plotlyText(s) {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");  // no &quot;: plotly shows it raw
 }
 
 function layout() {

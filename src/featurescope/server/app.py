@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from featurescope import __version__
 from featurescope.errors import FeaturescopeError
-from featurescope.server import api_images, api_live, api_probes, api_store, limits, pages
+from featurescope.server import api_images, api_live, api_probes, api_store, api_stream, error_pages, limits, pages
 from featurescope.server.context import Explorer, NotFound, NotLoaded
 from featurescope.server.security import LOCAL_HOSTS, Guard
 
@@ -26,11 +26,15 @@ def _status(error: FeaturescopeError) -> int:
         return 404
     if isinstance(error, NotLoaded):
         return 409
+    if (busy := api_stream.busy_status(error)) is not None:
+        return busy
     return 400
 
 
-async def _featurescope_error(request: Request, error: Exception) -> JSONResponse:
+async def _featurescope_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, FeaturescopeError)
+    if error_pages.wants_page(request):
+        return error_pages.page(_status(error), str(error))
     return JSONResponse({"detail": str(error)}, status_code=_status(error))
 
 
@@ -54,9 +58,11 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.explorer = ex
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
+    error_pages.install(app)
     app.include_router(api_store.router)
     app.include_router(api_images.router)
     app.include_router(api_live.router)
+    app.include_router(api_stream.router)
     app.include_router(api_probes.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")

@@ -228,7 +228,7 @@ def test_steering_playground_generates_side_by_side(tab, features, shots):
     tab.open(f"/steer?feature={f}", ".feature-row a")
     tab.page.fill("#max-new", "6")
     tab.page.click("button.primary")
-    tab.page.wait_for_selector("#steered")
+    tab.page.wait_for_selector("#steer-status[data-state='done']")
     assert tab.page.text_content("#baseline").startswith("The Golden Gate Bridge is")
     assert len(tab.page.text_content("#steered")) > len("The Golden Gate Bridge is")
     tab.page.screenshot(path=shots / "steer.png")

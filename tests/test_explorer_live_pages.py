@@ -94,3 +94,26 @@ def test_bad_links_get_friendly_pages(tab):
     tab.open("/steer?feature=abc&feature=3", ".feature-row a")
     assert '"abc"' in tab.page.text_content("#bad-features")
     assert tab.page.locator(".feature-row").count() == 1
+
+
+def test_search_colours_by_corpus_max_shows_peaks_and_the_token_view(tab, shots):  # noqa: F811
+    tab.open("/search", "#text")
+    assert tab.page.input_value("#by") == "relative"
+    tab.page.fill("#text", "The Golden Gate Bridge spans the strait near San Francisco.")
+    tab.page.press("#text", "Control+Enter")
+    tab.page.wait_for_selector("#hits .hit")
+    assert "peaks on" in tab.page.text_content("#hits .hit .peak-token")
+    # full colour only at the feature's corpus max: a hit at r of its max gets alpha 0.12 + 0.78·r
+    top = tab.page.evaluate("() => { const t = [...document.querySelectorAll('#text-tokens .tok')];"
+                            "return Math.max(...t.map(s => { const m = s.style.backgroundColor.match(/[\\d.]+\\)$/);"
+                            "return m ? parseFloat(m[0]) : 0; })); }")
+    rel = float(tab.page.get_attribute("#hits .hit .bar-cell", "title").split("%")[0]) / 100
+    assert top == pytest.approx(0.12 + 0.78 * min(rel, 1), abs=0.01)
+    tab.page.locator("#text-tokens .tok").nth(4).click()
+    tab.page.wait_for_selector("#token-hits")
+    assert "Features on token 4" in tab.page.text_content("#token-view")
+    tab.page.screenshot(path=shots / "search-token.png")
+    assert "text=The+Golden+Gate" in tab.page.url
+    tab.open(tab.page.url.split(tab.base, 1)[1], "#hits .hit")
+    assert tab.page.input_value("#text").startswith("The Golden Gate Bridge")
+    assert tab.errors == []

@@ -155,3 +155,25 @@ def test_thread_only_passes_other_threads_through():
     t.start()
     t.join()
     assert edit(10) == 11 and seen == [10]
+
+
+def test_token_view_agrees_with_the_text_search(http):
+    text = "The Golden Gate Bridge spans the strait near San Francisco."
+    search = http.post("/api/search/text", json={"text": text, "n": 50, "by": "max"}).json()
+    hit = search["hits"][0]
+    peak = max(range(len(hit["acts"])), key=lambda i: hit["acts"][i])
+    r = http.post("/api/search/token", json={"text": text, "position": peak, "n": 50, "by": "max"}).json()
+    assert r["token"] == search["tokens"][peak]
+    acts = {h["feature"]: h["act"] for h in r["hits"]}
+    assert acts[hit["feature"]] == pytest.approx(hit["max"], rel=1e-3)
+    assert [h["act"] for h in r["hits"]] == sorted(acts.values(), reverse=True)
+    by_rel = http.post("/api/search/token", json={"text": text, "position": peak}).json()["hits"]
+    assert [h["relative"] for h in by_rel] == sorted((h["relative"] for h in by_rel), reverse=True)
+    assert http.post("/api/search/token", json={"text": text, "position": 0}).json()["hits"] == []  # <bos>
+    assert http.post("/api/search/token", json={"text": text, "position": 999}).status_code == 400
+
+
+def test_text_search_ranks_relative_to_the_corpus_max_by_default(http):
+    text = "The Golden Gate Bridge spans the strait near San Francisco."
+    hits = http.post("/api/search/text", json={"text": text, "n": 20}).json()["hits"]
+    assert [h["relative"] for h in hits] == sorted((h["relative"] for h in hits), reverse=True)

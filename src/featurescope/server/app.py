@@ -12,7 +12,17 @@ from fastapi.responses import JSONResponse, Response
 
 from featurescope import __version__
 from featurescope.errors import FeaturescopeError
-from featurescope.server import api_images, api_live, api_probes, api_store, api_stream, error_pages, limits, pages
+from featurescope.server import (
+    api_images,
+    api_live,
+    api_probes,
+    api_store,
+    api_stream,
+    api_tokens,
+    error_pages,
+    limits,
+    pages,
+)
 from featurescope.server.context import Explorer, NotFound, NotLoaded
 from featurescope.server.security import LOCAL_HOSTS, Guard
 
@@ -63,6 +73,7 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
     app.include_router(api_images.router)
     app.include_router(api_live.router)
     app.include_router(api_stream.router)
+    app.include_router(api_tokens.router)
     app.include_router(api_probes.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")

@@ -139,7 +139,9 @@ class Overview(BaseModel):
 class TextSearchRequest(BaseModel):
     text: str = Field(min_length=1, max_length=limits.MAX_TEXT_CHARS)
     n: int = Field(10, ge=1, le=limits.MAX_HITS)
-    by: Literal["max", "relative"] = "max"
+    by: Literal["max", "relative"] = Field(
+        "relative", description="relative (default): activation / the feature's corpus max, so that features "
+        "firing near their usual strength come first; max: raw activation (favours dense, strong features)")
 
 
 class Hit(BaseModel):

@@ -177,3 +177,15 @@ def test_text_search_ranks_relative_to_the_corpus_max_by_default(http):
     text = "The Golden Gate Bridge spans the strait near San Francisco."
     hits = http.post("/api/search/text", json={"text": text, "n": 20}).json()["hits"]
     assert [h["relative"] for h in hits] == sorted((h["relative"] for h in hits), reverse=True)
+
+
+def test_activations_agree_with_the_text_search(http):
+    text = "The Golden Gate Bridge spans the strait near San Francisco."
+    search = http.post("/api/search/text", json={"text": text, "n": 3, "by": "max"}).json()
+    ids = [h["feature"] for h in search["hits"]]
+    r = http.post("/api/activations", json={"text": text, "features": ids}).json()
+    assert r["tokens"] == search["tokens"]
+    for hit, got in zip(search["hits"], r["features"], strict=True):
+        assert got["feature"] == hit["feature"] and got["acts"] == pytest.approx(hit["acts"], rel=1e-3, abs=1e-4)
+        assert got["corpus_max"] == pytest.approx(hit["max"] / hit["relative"], rel=1e-3)
+    assert http.post("/api/activations", json={"text": text, "features": [256]}).status_code == 404

@@ -67,3 +67,43 @@ def search_token(request: Request, body: TokenRequest) -> TokenResult:
     return TokenResult(position=body.position, token=token, hits=[
         TokenHit(feature=f, act=finite(acts[f]) or 0.0, relative=finite(relative[f]) or 0.0, label=labels[f])
         for f in chosen])
+
+
+class ActivationsRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=limits.MAX_TEXT_CHARS)
+    features: list[int] = Field(min_length=1, max_length=limits.MAX_HITS)
+
+
+class FeatureActs(BaseModel):
+    feature: int
+    corpus_max: float = Field(description="the feature's max over the analysed corpus (0: it never fired)")
+    acts: list[float] = Field(description="its activation on every token of the text")
+
+
+class ActivationsResult(BaseModel):
+    tokens: list[str]
+    features: list[FeatureActs]
+
+
+@router.post("/activations", summary="Chosen features' activations on every token of a text",
+             responses=LIVE_ERRORS)
+def activations(request: Request, body: ActivationsRequest) -> ActivationsResult:
+    from featurescope.analysis.search import MAX_TOKENS
+
+    ex = explorer(request)
+    live = ex.require_live()
+    features = [ex.check_id(f) for f in dict.fromkeys(body.features)]
+    model, sae = live.model, live.sae
+    ids = model.tokenizer(body.text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
+    if model.bos_id is not None:
+        ids = [model.bos_id, *ids]
+    keep = torch.tensor([i not in model.special_ids for i in ids])
+    with live.lock, torch.inference_mode():
+        resid = model.residual(torch.tensor([ids]), int(ex.meta["layer"]))[0]
+        acts = torch.zeros(len(ids), len(features))
+        if bool(keep.any()):
+            acts[keep] = sae.encode(resid[keep.to(resid.device)].float()).float()[:, features].cpu()
+    corpus_max = ex.max_activations().float()
+    return ActivationsResult(tokens=model.tokenizer.batch_decode([[i] for i in ids]), features=[
+        FeatureActs(feature=f, corpus_max=finite(corpus_max[f]) or 0.0, acts=[finite(a) or 0.0 for a in acts[:, j]])
+        for j, f in enumerate(features)])

@@ -14,6 +14,7 @@ from featurescope import __version__
 from featurescope.errors import FeaturescopeError
 from featurescope.server import (
     api_images,
+    api_list,
     api_live,
     api_probes,
     api_store,
@@ -70,6 +71,7 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
     error_pages.install(app)
     app.include_router(api_store.router)
+    app.include_router(api_list.router)
     app.include_router(api_images.router)
     app.include_router(api_live.router)
     app.include_router(api_stream.router)

@@ -93,8 +93,8 @@ export function param(name) {
 }
 
 const NAV = [
-  ["/overview", "Overview", "o"], ["/map", "Map", "m"], ["/search", "Search", "s"],
-  ["/steer", "Steer", "t"], ["/docs", "API", "a"],
+  ["/overview", "Overview", "o"], ["/features", "Features", "l"], ["/map", "Map", "m"], ["/search", "Search", "s"],
+  ["/steer", "Steer", "t"], ["/multilingual", "Languages", "g"], ["/safety", "Safety", "y"], ["/docs", "API", "a"],
 ];
 const pageKeys = {};
 
@@ -106,7 +106,7 @@ function typing(event) {
 function helpDialog() {
   const rows = [
     ["/", "focus the search box of the page"], ["f", "go to a feature by id"],
-    ["o  m  s  t  a", "overview, map, search, steer, API"], ["← →  or  k j", "previous / next feature"],
+    ["o  l  m  s  t  g  y  a", "overview, features, map, search, steer, languages, safety, API"], ["← →  or  k j", "previous / next feature"],
     ["Ctrl+Enter", "run the form you are typing in"], ["?", "this help"], ["Esc", "close"],
   ];
   return el("dialog", { id: "help", "aria-label": "Keyboard shortcuts" },

@@ -11,12 +11,16 @@ export function plotlyText(s) {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }
 
+function cssVar(name, fallback) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
+}
+
 function layout() {
   return {
     margin: { l: 30, r: 10, t: 10, b: 30 }, hovermode: "closest", dragmode: "pan", showlegend: true,
     legend: { orientation: "h", y: -0.06 }, xaxis: { zeroline: false, showticklabels: false },
-    yaxis: { zeroline: false, showticklabels: false, scaleanchor: "x" }, paper_bgcolor: "#fbfbfa",
-    plot_bgcolor: "#ffffff",
+    yaxis: { zeroline: false, showticklabels: false, scaleanchor: "x" }, paper_bgcolor: cssVar("--bg", "#fbfbfa"),
+    plot_bgcolor: cssVar("--card", "#ffffff"), font: { color: cssVar("--fg", "#1d1d1f") },
   };
 }
 

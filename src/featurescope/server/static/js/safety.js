@@ -16,7 +16,7 @@ function categoryCard(c) {
         el("th", { class: "num" }, "p"), el("th", {}, "peaks on"))),
       el("tbody", {}, reported.map((r) => el("tr", {}, el("td", {}, featureLink(r.feature)),
         el("td", { class: "num" }, fmt(r.heldout_auroc)), el("td", { class: "num" }, fmt(r.p_value)),
-        el("td", { class: "mono small" }, r.peak_tokens.slice(0, 3).map((t) => JSON.stringify(t[0])).join(" ")))))))
+        el("td", { class: "mono small" }, r.peak_tokens.slice(0, 3).map((t) => JSON.stringify(t[0])).join(" "))))))
       : el("p", { class: "muted small" }, "No feature generalised to the held-out texts."));
 }
 

@@ -54,6 +54,7 @@ def test_sweep_columns_and_the_url_keeps_the_form(tab, features, shots):  # noqa
     titles = tab.page.locator(".gen-card h3").all_text_contents()
     assert titles == ["Baseline", f"Steered: #{f} 1x", f"Steered: #{f} 2x"]
     assert tab.page.locator(".gen-card.complete").count() == 3
+    assert "null" not in tab.page.text_content("main")
     tab.page.screenshot(path=shots / "steer-sweep.png")
     url = tab.page.url
     assert "prompt=My+favourite+city+is" in url and f"feature={f}" in url and "sweep=1x%2C2x" in url

@@ -72,6 +72,7 @@ def test_cross_lingual_and_safety_pages(tab, server, shots):  # noqa: F811
         tab.page.click("#monitor button[type=submit]")
         tab.page.wait_for_selector("#monitor-verdict")
         assert tab.page.get_attribute("#monitor-verdict", "data-flagged") == json.dumps(peak > threshold)
+        assert not re.search(r"(?<!alignment )\bnull\b", tab.page.text_content("#monitor-out"))
     tab.page.screenshot(path=shots / "safety.png")
     assert tab.errors == []
 
@@ -102,6 +103,7 @@ def test_map_search_dead_features_apart_and_bad_ids(tab, densities):
     names = dict(data)
     dead = sum(d == 0 for d in densities)
     assert data[0][1] == 256 - dead and names[f"never fired ({dead})"] == dead
+    assert not re.search(r"(?<!alignment )\bnull\b", tab.page.text_content("#panel"))
     found = tab.page.locator("#map-matches li").count()
     assert found > 0 and names["matches"] == found
     colours = tab.page.evaluate("() => document.getElementById('plot').data[0].marker.color")
@@ -124,6 +126,7 @@ def test_dark_mode_and_a_phone_screen(browser, server, features):  # noqa: F811
             t.open(path, ready)
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, (path, width)
+            assert not re.search(r"(?<!alignment )\bnull\b", page.text_content("main")), path  # a null appended as text
         t.open("/search", "#text")
         page.fill("#text", "The Golden Gate Bridge spans the strait near San Francisco.")
         page.press("#text", "Control+Enter")

@@ -1,5 +1,5 @@
 // The feature page: labels, statistics, activation histogram, logit effects, neighbours, top and quantile examples.
-import { api, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, onKey, pct,
+import { api, append, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, onKey, pct,
          showError } from "./common.js";
 import { barChart } from "./charts.js";
 import { multilingualSection, probesSection } from "./probes.js";
@@ -116,7 +116,7 @@ function tryBox(f, information) {
 
 function render(f, information) {
   document.title = `Feature ${f.id} · featurescope`;
-  clear(main).append(
+  append(clear(main), [
     header(f, information), labelsBlock(f), el("h2", {}, "Statistics"), statsGrid(f),
     el("div", { class: "grid cols-2" },
       el("section", {}, el("h2", {}, "Activation histogram"), histogram(f),
@@ -130,7 +130,7 @@ function render(f, information) {
       examples(f.top, f.stats.max, "The feature never fired on the analysed tokens.")),
     el("section", {}, el("h2", {}, "Samples across activation quantiles"), quantiles(f)),
     el("div", { id: "probe-sections" }),
-    el("footer", { class: "keys" }, "Keys: ← → previous / next feature · f go to feature · m map · ? help"));
+    el("footer", { class: "keys" }, "Keys: ← → previous / next feature · f go to feature · m map · ? help")]);
 }
 
 async function main_() {

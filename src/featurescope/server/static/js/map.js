@@ -1,7 +1,7 @@
 // The map: every feature as a point (UMAP or PCA of decoder directions), coloured by log10 density.
 // Hover shows the label; click opens the feature; shift-click (or the box) selects one and highlights its
 // neighbours. plotly reads a small HTML subset in hover text, so labels are entity-escaped for it.
-import { api, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, intParam, param, pct, setParams,
+import { api, append, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, intParam, param, pct, setParams,
          showError } from "./common.js";
 
 const main = document.getElementById("main");
@@ -71,21 +71,21 @@ async function select(plot, points, panel, feature) {
   const found = matches(points, view.q);
   clear(panel);
   if (feature === null) {
-    panel.append(el("p", { class: "muted" }, "Shift-click a point, or type a feature id, to highlight its neighbours."),
-      matchList(points, found));
+    append(panel, [el("p", { class: "muted" }, "Shift-click a point, or type a feature id, to highlight its neighbours."),
+      matchList(points, found)]);
     window.Plotly.react(plot, traces(points, null, [], found), layout());
     return;
   }
   const [summary, neighbours] = await Promise.all([
     api(`/api/features/${feature}/summary`), api(`/api/features/${feature}/neighbours?n=10`)]);
   window.Plotly.react(plot, traces(points, feature, neighbours.map((n) => n.feature), found), layout());
-  panel.append(
+  append(panel, [
     el("h2", {}, featureLink(feature, `Feature ${feature}`)), el("p", {}, summary.label || "(no label)"),
     el("p", { class: "small muted" }, `density ${pct(summary.density)} · max ${fmt(summary.max)}`),
     el("h3", {}, "Neighbours"),
     el("ol", { id: "map-neighbours" }, neighbours.map((n) => el("li", {},
       featureLink(n.feature), " ", el("span", { class: "small muted" }, `cos ${fmt(n.cosine)}`), " ", n.label))),
-    matchList(points, found));
+    matchList(points, found)]);
 }
 
 async function main_() {

@@ -1,6 +1,6 @@
 // The safety page: per probe category the reported features and their held-out AUROC, and a monitor box that
 // shows whether and where a pasted text makes those features fire above a chosen fraction of their corpus max.
-import { api, clear, el, featureLink, fmt, initNav, pct, showError } from "./common.js";
+import { api, append, clear, el, featureLink, fmt, initNav, pct, showError } from "./common.js";
 import { tokenStrip } from "./tokens.js";
 
 const main = document.getElementById("main");
@@ -30,7 +30,7 @@ async function check(text, watched, threshold, out) {
     if (f.corpus_max > 0 && a / f.corpus_max > threshold) triggers.push([t, f.feature, a / f.corpus_max]);
   }));
   const flagged = triggers.length > 0;
-  clear(out).append(
+  append(clear(out), [
     el("p", { id: "monitor-verdict", class: flagged ? "error" : "notice", "data-flagged": String(flagged) },
       flagged ? `Flagged: ${triggers.length} trigger(s) above ${pct(threshold, 2)} of a feature's corpus max.`
         : `Not flagged: no watched feature exceeds ${pct(threshold, 2)} of its corpus max (peak `
@@ -38,7 +38,7 @@ async function check(text, watched, threshold, out) {
     tokenStrip(r.tokens, rel, 1),
     triggers.length ? el("table", { class: "small", id: "monitor-triggers" }, el("tbody", {},
       triggers.slice(0, 30).map(([t, f, v]) => el("tr", {}, el("td", { class: "mono" }, JSON.stringify(r.tokens[t])),
-        el("td", {}, featureLink(f)), el("td", { class: "num" }, pct(v, 2)))))) : null);
+        el("td", {}, featureLink(f)), el("td", { class: "num" }, pct(v, 2)))))) : null]);
 }
 
 function monitorBox(watched, live) {
@@ -73,8 +73,8 @@ async function main_() {
   }
   const watched = [...new Set(categories.flatMap((c) => c.candidates.filter((r) => r.reported)
     .map((r) => r.feature)))].slice(0, information.limits.max_hits);
-  main.append(el("div", { class: "grid cols-2", id: "categories" }, categories.map(categoryCard)),
-    watched.length ? monitorBox(watched, information.live) : null);
+  append(main, [el("div", { class: "grid cols-2", id: "categories" }, categories.map(categoryCard)),
+    watched.length ? monitorBox(watched, information.live) : null]);
 }
 
 main_().catch((e) => showError(main, e));

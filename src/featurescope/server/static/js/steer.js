@@ -208,7 +208,7 @@ async function main_() {
       + "featurescope serve DB --sae SAE_DIR (and --model)."));
     return;
   }
-  main.append(...form(information, await defaultValue()));
+  main.append(...form(information, await defaultValue()).filter(Boolean));
 }
 
 main_().catch((e) => showError(main, e));

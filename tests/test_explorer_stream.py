@@ -189,3 +189,11 @@ def test_activations_agree_with_the_text_search(http):
         assert got["feature"] == hit["feature"] and got["acts"] == pytest.approx(hit["acts"], rel=1e-3, abs=1e-4)
         assert got["corpus_max"] == pytest.approx(hit["max"] / hit["relative"], rel=1e-3)
     assert http.post("/api/activations", json={"text": text, "features": [256]}).status_code == 404
+
+
+def test_sampled_stream_goes_column_by_column_with_the_seed(http):
+    body = {**_steer_body(3, ["5x"], 5), "temperature": 0.8, "seed": 7}
+    texts = _texts(_events(http.post("/api/steer/stream", json=body).text.splitlines()), 2)
+    one = http.post("/api/steer", json={"prompt": body["prompt"], "max_new_tokens": 5, "temperature": 0.8,
+                                        "seed": 7, "features": [{"feature": 3, "value": "5x"}]}).json()
+    assert texts == [one["baseline"], one["steered"]]

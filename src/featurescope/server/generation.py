@@ -1,6 +1,10 @@
 """Streamed generations for the explorer: each runs in its own worker thread, yields the model between tokens,
 and can be cancelled.
 
+- Greedy (temperature 0): every column in one batch, row i steered by column i's hook (`RowHooks`), so the
+  baseline and all steered columns grow side by side. Sampled: column by column, each after seeding with the
+  same seed (as `steering.generate` does), so the columns stay comparable.
+
 - `FairLock`: the model lock, first come first served. A generation releases it after every token and
   queues again, so a text search sent meanwhile waits for one token step, not for the whole generation.
 - Steering hooks stay registered on the model between a generation's tokens; `ThreadOnly` makes them act
@@ -95,6 +99,43 @@ def attach_here(model: Any, hook: Any, layer: int) -> Iterator[None]:
         yield
 
 
+class RowHooks:
+    """A block-output edit for a batch whose row i is column i: each row edited by its own steering hook
+    (None: left as is, the baseline). Register `record` as the input embedding's pre-hook so that hooks which
+    leave special tokens unedited see their row's token ids."""
+
+    def __init__(self, hooks: list[Any]) -> None:
+        self.hooks = hooks
+        self.ids: Tensor | None = None
+
+    def record(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = args[0] if args else next(iter(kwargs.values()), None)
+        self.ids = ids if isinstance(ids, Tensor) and not ids.is_floating_point() else None
+
+    def __call__(self, h: Tensor) -> Tensor:
+        rows = []
+        for i, hook in enumerate(self.hooks):
+            if hook is None:
+                rows.append(h[i:i + 1])
+                continue
+            if self.ids is not None and tuple(self.ids.shape) == tuple(h.shape[:2]):
+                hook.tokens.ids = self.ids[i:i + 1]
+            rows.append(hook(h[i:i + 1]))
+        return torch.cat(rows)
+
+
+@contextmanager
+def attach_rows(model: Any, edit: RowHooks, layer: int) -> Iterator[None]:
+    """`edit` on block `layer` (and its token-id recorder) for the calling thread only."""
+    with ExitStack() as stack:
+        embedding = model.hf.get_input_embeddings()
+        if embedding is not None:
+            handle = embedding.register_forward_pre_hook(ThreadOnly(edit.record, False), with_kwargs=True)
+            stack.callback(handle.remove)
+        stack.enter_context(model.splice(layer, ThreadOnly(edit, True)))
+        yield
+
+
 class Column(NamedTuple):
     """One continuation to generate: a title, and the steering hook (None: the baseline)."""
 
@@ -108,8 +149,8 @@ class Cancelled(Exception):
 
 
 class Job:
-    """One streamed generation: its columns run one after another in a worker thread; `events()` yields
-    dicts (start, token, column, done, error) as they happen."""
+    """One streamed generation in a worker thread; `next_event` returns its events (token, column, done,
+    error) as they happen."""
 
     def __init__(self, jobs: Jobs, model: Any, lock: FairLock, ids: Tensor, prompt: str, columns: list[Column],
                  kwargs: dict[str, Any], seed: int, layer: int) -> None:
@@ -174,11 +215,57 @@ class Job:
                       replace=not text.startswith(shown[0]))
         return int(out.shape[1] - start)
 
+    def _stops(self) -> set[int]:
+        config = self.model.hf.generation_config
+        eos = config.eos_token_id if config is not None else None
+        stops = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        return stops | {int(self.kwargs["pad_token_id"])} if self.kwargs.get("pad_token_id") is not None else stops
+
+    def _batched(self) -> None:
+        """Greedy: every column in one batch (row i = column i), so all of them stream side by side."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from featurescope.steering.generate import decode
+
+        start, rows = self.ids.shape[1], len(self.columns)
+        shown = [""] * rows
+        stops = self._stops()
+        job = self
+
+        def length(row: Tensor) -> int:
+            new = row[start:].tolist()
+            return next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
+
+        class Step(StoppingCriteria):
+            def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+                for i in range(rows):
+                    text = decode(job.model, input_ids[i, start:start + length(input_ids[i])])
+                    if text.startswith(shown[i]) and len(text) > len(shown[i]):
+                        job._put("token", column=i, text=text[len(shown[i]):])
+                        shown[i] = text
+                stop = job.cancelled.is_set()
+                if not stop:
+                    job._pause()
+                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+        ids = self.ids.expand(rows, -1).contiguous()
+        kwargs = {**self.kwargs, "stopping_criteria": StoppingCriteriaList([Step()])}
+        with torch.inference_mode(), attach_rows(self.model, RowHooks([c.hook for c in self.columns]), self.layer):
+            out = self.model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+        for i in range(rows):
+            n = length(out[i])
+            text = decode(self.model, out[i, start:start + n])
+            if text != shown[i]:
+                self._put("token", column=i, text=text, replace=True)
+            self._put("column", column=i, tokens=n)
+
     def _run(self) -> None:
         try:
             self.lock.acquire()
             try:
-                for i, column in enumerate(self.columns):
+                if not self.kwargs.get("do_sample"):
+                    self._batched()
+                for i, column in enumerate(self.columns if self.kwargs.get("do_sample") else []):
                     if self.cancelled.is_set():
                         break
                     tokens = self._column(i, column)

@@ -58,7 +58,8 @@ demo: install
 
 # Screenshots of every explorer page (docs/screenshots/), taken by the browser tests.
 screenshots: install
-	FEATURESCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_explorer_pages.py
+	FEATURESCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_explorer_pages.py \
+		tests/test_explorer_live_pages.py tests/test_explorer_views.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -10,11 +10,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from featurescope import __version__
 from featurescope.errors import FeaturescopeError
-from featurescope.server import api_images, api_live, api_probes, api_store, limits, pages
+from featurescope.server import (
+    api_images,
+    api_list,
+    api_live,
+    api_probes,
+    api_store,
+    api_stream,
+    api_tokens,
+    error_pages,
+    limits,
+    pages,
+)
 from featurescope.server.context import Explorer, NotFound, NotLoaded, Unavailable
 from featurescope.server.security import LOCAL_HOSTS, Guard
 
@@ -30,17 +41,24 @@ def _status(error: FeaturescopeError) -> int:
         return 409
     if isinstance(error, Unavailable):
         return 503
+    if (busy := api_stream.busy_status(error)) is not None:
+        return busy
     return 400
 
 
-async def _featurescope_error(request: Request, error: Exception) -> JSONResponse:
+async def _featurescope_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, FeaturescopeError)
+    if error_pages.wants_page(request):
+        return error_pages.page(_status(error), str(error))
     return JSONResponse({"detail": str(error)}, status_code=_status(error))
 
 
-async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
-    """422 without echoing the input: a lone surrogate or NaN in it cannot be written as JSON (was a 500)."""
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    """A page: the friendly error page (400). The API: 422 without echoing the input (a lone surrogate or NaN
+    in it cannot be written as JSON; was a 500)."""
     assert isinstance(error, RequestValidationError)
+    if error_pages.wants_page(request):
+        return error_pages.page(400, error_pages.validation_message(error))
     detail = [{"type": e.get("type"), "loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg"))}
               for e in error.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
@@ -71,11 +89,15 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.explorer = ex
     app.add_exception_handler(FeaturescopeError, _featurescope_error)
+    error_pages.install(app)
     app.add_exception_handler(sqlite3.DatabaseError, _damaged_database)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(api_store.router)
+    app.include_router(api_list.router)
     app.include_router(api_images.router)
     app.include_router(api_live.router)
+    app.include_router(api_stream.router)
+    app.include_router(api_tokens.router)
     app.include_router(api_probes.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")

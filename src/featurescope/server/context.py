@@ -19,6 +19,7 @@ from torch import Tensor
 
 from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError
+from featurescope.server.generation import FairLock
 from featurescope.server.limits import LiveQueue
 from featurescope.store import FeatureStore
 
@@ -67,7 +68,8 @@ class Live:
 
     def __init__(self, sae: Any, model: Any, store: FeatureStore) -> None:
         self.sae, self.model, self.store = sae, model, store
-        self.lock = threading.Lock()
+        self.lock = FairLock()
+        """First come first served; streamed generations release it between tokens (see `generation`)."""
         self.queue = LiveQueue()
         self.ce: dict[str, Any] | None = None
         """The last CE-loss-recovered measurement (kept in memory only)."""

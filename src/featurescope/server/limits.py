@@ -28,6 +28,10 @@ MAX_NEW_TOKENS = 200
 """Most tokens one steering request generates."""
 MAX_STEER_FEATURES = 8
 """Most features steered at once."""
+MAX_SWEEP_COLUMNS = 6
+"""Most steered continuations one streamed steering request generates (besides the baseline)."""
+MAX_GENERATIONS = 2
+"""Most streamed generations that run at once (503 beyond)."""
 MAX_ABS_STEER = 1e6
 """Largest absolute steering value or multiple."""
 MAX_CE_CONTEXTS = 32

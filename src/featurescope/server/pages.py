@@ -19,7 +19,8 @@ from featurescope.server.api_store import explorer
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/overview": "overview.html", "/map": "map.html", "/search": "search.html", "/steer": "steer.html",
-         "/docs": "api.html"}
+         "/docs": "api.html", "/features": "features.html", "/multilingual": "multilingual.html",
+         "/safety": "safety.html"}
 router = APIRouter(include_in_schema=False)
 
 

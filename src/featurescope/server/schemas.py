@@ -141,7 +141,9 @@ class Overview(BaseModel):
 class TextSearchRequest(BaseModel):
     text: str = Field(min_length=1, max_length=limits.MAX_TEXT_CHARS)
     n: int = Field(10, ge=1, le=limits.MAX_HITS)
-    by: Literal["max", "relative"] = "max"
+    by: Literal["max", "relative"] = Field(
+        "relative", description="relative (default): activation / the feature's corpus max, so that features "
+        "firing near their usual strength come first; max: raw activation (favours dense, strong features)")
 
 
 class Hit(BaseModel):
@@ -206,3 +208,24 @@ class CEResult(BaseModel):
     loss_recovered: float | None
     tokens: int
     corpus: str
+
+
+class StreamSteerRequest(BaseModel):
+    """A streamed steering run: the baseline, then one steered continuation per entry of `columns`."""
+
+    prompt: str = Field(min_length=1, max_length=limits.MAX_TEXT_CHARS)
+    columns: list[list[SteerFeature]] = Field(
+        min_length=1, max_length=limits.MAX_SWEEP_COLUMNS,
+        description="each column's features and values (a sweep: the same features at several values)")
+    mode: Literal["clamp", "add", "conditional"] = "clamp"
+    max_new_tokens: int = Field(40, ge=1, le=limits.MAX_NEW_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    chat: bool = False
+
+    @field_validator("columns")
+    @classmethod
+    def _column_sizes(cls, v: list[list[SteerFeature]]) -> list[list[SteerFeature]]:
+        if any(not 1 <= len(c) <= limits.MAX_STEER_FEATURES for c in v):
+            raise ValueError(f"each column steers 1..{limits.MAX_STEER_FEATURES} features")
+        return v

@@ -93,8 +93,8 @@ export function param(name) {
 }
 
 const NAV = [
-  ["/overview", "Overview", "o"], ["/map", "Map", "m"], ["/search", "Search", "s"],
-  ["/steer", "Steer", "t"], ["/docs", "API", "a"],
+  ["/overview", "Overview", "o"], ["/features", "Features", "l"], ["/map", "Map", "m"], ["/search", "Search", "s"],
+  ["/steer", "Steer", "t"], ["/multilingual", "Languages", "g"], ["/safety", "Safety", "y"], ["/docs", "API", "a"],
 ];
 const pageKeys = {};
 
@@ -106,7 +106,7 @@ function typing(event) {
 function helpDialog() {
   const rows = [
     ["/", "focus the search box of the page"], ["f", "go to a feature by id"],
-    ["o  m  s  t  a", "overview, map, search, steer, API"], ["← →  or  k j", "previous / next feature"],
+    ["o  l  m  s  t  g  y  a", "overview, features, map, search, steer, languages, safety, API"], ["← →  or  k j", "previous / next feature"],
     ["Ctrl+Enter", "run the form you are typing in"], ["?", "this help"], ["Esc", "close"],
   ];
   return el("dialog", { id: "help", "aria-label": "Keyboard shortcuts" },
@@ -171,4 +171,60 @@ export function initNav(current) {
     db.textContent = `${i.db} · ${i.d_sae.toLocaleString()} features · ${i.model ?? "?"} layer ${i.layer ?? "?"}`;
     return i;
   });
+}
+
+// Replace the page's query string with `params` (an object of string or string-array values; empty ones left
+// out), without reloading: every state of a page lives in its URL.
+export function setParams(params) {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    for (const v of [value].flat()) if (v !== undefined && v !== null && v !== "") q.append(key, String(v));
+  }
+  const s = q.toString();
+  window.history.replaceState(null, "", `${window.location.pathname}${s ? `?${s}` : ""}`);
+}
+
+// A whole number from a URL parameter, or null when it is missing or not one (never NaN).
+export function intParam(name) {
+  const raw = param(name);
+  return raw !== null && /^\d+$/.test(raw.trim()) ? Number(raw) : null;
+}
+
+// A button that copies the page's current URL.
+export function copyLinkButton() {
+  const button = el("button", { type: "button", class: "copy-link", title: "copy a link to this view",
+    onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(window.location.href);
+        button.textContent = "Link copied";
+      } catch { button.textContent = "Copy failed: use the address bar"; }
+      setTimeout(() => { button.textContent = "Copy link"; }, 2000);
+    } }, "Copy link");
+  return button;
+}
+
+// POST `body` to `path` and call onEvent(event) for each line of its newline-delimited JSON reply; `signal`
+// aborts it. Rejects like api() when the reply is not 200.
+export async function streamEvents(path, body, onEvent, signal) {
+  const response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" },
+                                       body: JSON.stringify(body), signal });
+  if (!response.ok) {
+    let data = null;
+    try { data = await response.json(); } catch { data = null; }
+    const error = new Error(detailText(data) || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    const lines = buffer.split("\n");
+    buffer = lines.pop();
+    lines.filter((l) => l.trim()).forEach((l) => onEvent(JSON.parse(l)));
+  }
+  if (buffer.trim()) onEvent(JSON.parse(buffer));
 }

@@ -1,8 +1,9 @@
 // The feature page: labels, statistics, activation histogram, logit effects, neighbours, top and quantile examples.
-import { api, clear, el, featureHref, featureLink, fmt, initNav, onKey, pct, showError } from "./common.js";
+import { api, append, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, onKey, pct,
+         showError } from "./common.js";
 import { barChart } from "./charts.js";
 import { multilingualSection, probesSection } from "./probes.js";
-import { exampleRow } from "./tokens.js";
+import { exampleRow, tokenStrip } from "./tokens.js";
 import { imagesSection } from "./images.js";
 
 const main = document.getElementById("main");
@@ -82,14 +83,45 @@ function header(f, information) {
   const prev = f.id > 0 ? el("a", { href: featureHref(f.id - 1), title: "previous (←)" }, "← prev") : null;
   const next = f.id < information.d_sae - 1 ? el("a", { href: featureHref(f.id + 1), title: "next (→)" }, "next →")
     : null;
-  const steer = information.live ? el("a", { href: `/steer?feature=${f.id}` }, "steer with it") : null;
-  return el("div", { class: "row" }, el("h1", {}, `Feature ${f.id}`), el("span", { class: "spacer" }),
-    prev, next, el("a", { href: `/map?feature=${f.id}` }, "show on map"), steer);
+  const dead = f.stats.count === 0;
+  const steer = information.live && !dead ? el("a", { href: `/steer?feature=${f.id}`, id: "steer-link" },
+    "steer with it") : null;
+  return el("div", { class: "row" }, el("h1", {}, `Feature ${f.id}`), dead ? el("span", { class: "notice small" },
+    "never fired on the analysed tokens") : null, el("span", { class: "spacer" }),
+    prev, next, el("a", { href: `/map?feature=${f.id}` }, "show on map"), steer,
+    el("a", { href: `/api/features/${f.id}`, download: `feature-${f.id}.json`, id: "export-json",
+              title: "everything on this page as JSON" }, "export JSON"), copyLinkButton());
+}
+
+// "Try this feature on your text": its activation on every token, coloured relative to its corpus max.
+function tryBox(f, information) {
+  if (!information.live) return null;
+  const text = el("textarea", { id: "try-text", maxlength: String(information.limits.max_text_chars),
+                                "aria-label": "text to try this feature on", placeholder: "Type or paste a text…" });
+  const out = el("div", { id: "try-out" });
+  const run = async () => {
+    clear(out).append(el("p", { class: "muted" }, "Running the model…"));
+    const r = await api("/api/activations", { text: text.value, features: [f.id] });
+    const acts = r.features[0].acts;
+    const top = Math.max(0, ...acts);
+    const peak = acts.indexOf(top);
+    const top1 = r.features[0].corpus_max;
+    clear(out).append(el("p", { class: "small muted", id: "try-summary" }, top > 0
+      ? `peaks at ${fmt(top)} (${pct(top1 > 0 ? top / top1 : 0)} of its corpus max) on `
+        + `${JSON.stringify(r.tokens[peak])}` : "It does not fire on this text."),
+    tokenStrip(r.tokens, acts, top1 > 0 ? top1 : top, { peak: top > 0 ? peak : -1 }));
+  };
+  const form = el("form", { onsubmit: (e) => {
+    e.preventDefault();
+    if (text.value.trim()) run().catch((err) => { clear(out); showError(out, err); });
+  } }, text, el("div", { class: "row" }, el("button", { type: "submit", class: "primary" }, "Try"),
+    el("span", { class: "muted small" }, "colour: activation / the feature's max over the corpus")));
+  return el("section", { class: "card", id: "try" }, el("h2", {}, "Try it on your text"), form, out);
 }
 
 function render(f, information) {
   document.title = `Feature ${f.id} · featurescope`;
-  clear(main).append(
+  append(clear(main), [
     header(f, information), labelsBlock(f), el("h2", {}, "Statistics"), statsGrid(f),
     el("div", { class: "grid cols-2" },
       el("section", {}, el("h2", {}, "Activation histogram"), histogram(f),
@@ -98,11 +130,12 @@ function render(f, information) {
         el("h3", { class: "small" }, "suppresses"), effects(f.negative_logits, "neg")),
       el("section", {}, el("h2", {}, "Neighbours (decoder cosine)"), neighbours(f))),
     imagesSection(f.id),
+    tryBox(f, information),
     el("section", { id: "top" }, el("h2", {}, "Top activations"),
       examples(f.top, f.stats.max, "The feature never fired on the analysed tokens.")),
     el("section", {}, el("h2", {}, "Samples across activation quantiles"), quantiles(f)),
     el("div", { id: "probe-sections" }),
-    el("footer", { class: "keys" }, "Keys: ← → previous / next feature · f go to feature · m map · ? help"));
+    el("footer", { class: "keys" }, "Keys: ← → previous / next feature · f go to feature · m map · ? help")]);
 }
 
 async function main_() {

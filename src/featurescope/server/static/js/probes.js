@@ -3,7 +3,7 @@
 import { api, el, fmt } from "./common.js";
 import { tokenStrip } from "./tokens.js";
 
-function alignedExample(example, top) {
+export function alignedExample(example, top) {
   return el("div", { class: "card" },
     el("div", { class: "small muted" }, `${example.source} ${example.ref}`),
     el("table", { class: "small" }, el("tbody", {}, example.langs.map((lang) => el("tr", {},

@@ -44,7 +44,7 @@ class Scale(NamedTuple):
 SCALES = {
     "tiny": Scale(tokens=12_000, features=512, k=16, epochs=2, ce_contexts=2, batch_size=256, verses=20,
                   permutations=200),
-    "small": Scale(tokens=500_000, features=4096, k=32, epochs=2, ce_contexts=8, batch_size=2048),
+    "small": Scale(tokens=500_000, features=4096, k=32, epochs=2, ce_contexts=64, batch_size=2048),
     "full": Scale(tokens=2_000_000, features=16384, k=32, epochs=2, ce_contexts=64),
 }
 SERVE_MODES = ("auto", "forever", "check", "no")
@@ -99,14 +99,15 @@ class Steps:
 
 
 def _evaluate(scale: Scale, sae_dir: Path, sae: Any, model: Any, acts: Path, path: Path) -> dict[str, Any]:
-    """FVU, L0, dead % and CE loss recovered, as `featurescope eval --json` prints them (cached in `path`)."""
+    """FVU, L0, dead % and CE loss recovered on the store's held-out part, and CE loss recovered on the
+    out-of-domain probe texts, as `featurescope eval --json` prints them (cached in `path`)."""
     from featurescope.evaluate import EvalConfig, evaluate
 
     if path.is_file():
         return read_json(path)
     r = evaluate(EvalConfig(sae=str(sae_dir), activations=str(acts), rows=20_000, ce_contexts=scale.ce_contexts),
                  sae=sae, model=model, progress=False)
-    result = {**(r.reconstruction._asdict() if r.reconstruction else {}), **(r.ce._asdict() if r.ce else {})}
+    result = r.as_dict()
     write_json(path, result)
     return result
 
@@ -207,7 +208,9 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> int:
     _probes(scale, db, t.sae, model, device, steps, progress)
     t0 = time.perf_counter()
     e = _evaluate(scale, sae_dir, t.sae, model, acts, eval_path)
-    steps.done("evaluate", t0, f"CE loss recovered {e.get('loss_recovered', float('nan')):.3f}")
+    steps.done("evaluate", t0, f"held-out CE loss recovered {e.get('loss_recovered', float('nan')):.3f}, "
+                               f"FVU {e.get('fvu', float('nan')):.3f}; out-of-domain CE loss recovered "
+                               f"{e.get('ood_loss_recovered', float('nan')):.3f}")
     print(f"[demo] pipeline done in {steps.total:.0f} s", flush=True)
     _serve(cfg, db, t.sae, model, eval_path, device)
     return 0

@@ -38,10 +38,11 @@ SCORES_SEED = 5
 
 
 class Interrupting(NpySource):
-    """A .npy source whose batches raise KeyboardInterrupt after `after` batches in total."""
+    """A .npy's training split (what `train` reads from a path) whose batches raise KeyboardInterrupt after
+    `after` batches in total."""
 
     def __init__(self, path: str, after: int) -> None:
-        super().__init__(path)
+        super().__init__(path, split="train")
         self.after, self.served = after, 0
 
     def batches(self, batch_size: int, **kw: Any) -> Iterator[torch.Tensor]:

@@ -265,28 +265,39 @@ def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budge
     neither special nor outliers (`featurescope.outliers`)."""
     tokens = torch.tensor(ctxs, dtype=torch.long)
     mask = ~torch.isin(tokens, special)
-    over = torch.cumsum(mask.flatten().long(), 0).view_as(mask) > budget
-    mask &= ~over
     stats: dict[str, Any] = {"rows": 0, "sum_norm": 0.0, "excluded_positions": 0, "excluded_sum_norm": 0.0}
     acts = []
-    n_ctx = int(mask.any(dim=1).nonzero().max()) + 1 if mask.any() else 0
-    for s in range(0, n_ctx, cfg.batch_size):
-        ids, m = tokens[s : min(n_ctx, s + cfg.batch_size)], mask[s : min(n_ctx, s + cfg.batch_size)]
+    remaining, cut, n_ctx = budget, False, 0
+    for s in range(0, len(ctxs), cfg.batch_size):
+        if remaining <= 0:  # the budget is spent: later contexts are not stored (the shard is partial)
+            cut |= bool(mask[s:].any())
+            mask[s:] = False
+            break
+        ids, m = tokens[s : s + cfg.batch_size], mask[s : s + cfg.batch_size]
         resid = model.residual(ids, layer).float().cpu()
         norms = resid.norm(dim=-1)
         outliers = outlier_positions(norms, ~torch.isin(ids, special), cfg.max_norm_ratio)
         m &= ~outliers  # a view of `mask`: the stored mask says which positions are rows
+        over = m & (torch.cumsum(m.flatten().long(), 0).view_as(m) > remaining)  # the budget, after outliers
+        cut |= bool(over.any())
+        m &= ~over
         kept = resid[m]
         excluded = torch.isin(ids, special) | outliers
+        if bool(over.any()):  # contexts after the cut's last row are not stored: nothing of theirs is counted
+            last = int(m.any(dim=1).nonzero().max()) + 1 if bool(m.any()) else 0
+            excluded[last:] = False
         stats["rows"] += int(m.sum())
         stats["sum_norm"] += float(norms[m].sum())
         stats["excluded_positions"] += int(excluded.sum())
         stats["excluded_sum_norm"] += float(norms[excluded].sum())
         acts.append(kept.to(DTYPES[cfg.dtype]))
+        remaining -= int(m.sum())
+    if mask.any():
+        n_ctx = int(mask.any(dim=1).nonzero().max()) + 1
     tensors = {
         "acts": torch.cat(acts) if acts else torch.zeros(0, model.d_model, dtype=DTYPES[cfg.dtype]),
         "tokens": tokens[:n_ctx].to(torch.int32),
         "mask": mask[:n_ctx].to(torch.uint8),
         "heldout": torch.tensor(heldout or [False] * len(ctxs), dtype=torch.uint8)[:n_ctx],
     }
-    return tensors, stats, bool(over.any())
+    return tensors, stats, cut

@@ -15,9 +15,11 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from featurescope.activations import ActivationStore
-from featurescope.corpus import contexts, open_corpus
+from featurescope.corpus import open_corpus
 from featurescope.errors import FeaturescopeError
+from featurescope.heldout import DEFAULT_HELDOUT, split_contexts
 from featurescope.models import LanguageModel
+from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 
 
 class Batch(NamedTuple):
@@ -119,8 +121,10 @@ class ModelBatches:
         self.special = torch.tensor(sorted(model.special_ids) or [-1], dtype=torch.long)
 
     def _stream(self) -> Iterator[list[int]]:
-        source = open_corpus(self.corpus, seed=self.seed)
-        return contexts(source, self.model.tokenizer, ctx_len=self.ctx_len, bos_id=self.model.bos_id)
+        source = open_corpus(self.corpus, seed=self.seed)  # the contexts `harvest` would store, in its order
+        pairs = split_contexts(source, self.model.tokenizer, ctx_len=self.ctx_len, bos_id=self.model.bos_id,
+                               fraction=DEFAULT_HELDOUT)
+        return (ctx for ctx, _ in pairs)
 
     def batches(self, start_context: int = 0, rows_done: int = 0) -> Iterator[Batch]:
         """Batches from context `start_context` of the corpus on, `rows_done` rows of the budget already used."""
@@ -135,12 +139,18 @@ class ModelBatches:
                                             f"{self.ctx_len} tokens)")
                 return
             tokens = torch.tensor(ctxs, dtype=torch.long)
-            mask, length = _limit(~torch.isin(tokens, self.special), budget)
+            rows = ~torch.isin(tokens, self.special)
+            # the contexts the budget needs, and one more in case massive-activation positions are dropped
+            reach = min(len(ctxs), _kept(_limit(rows, budget)[0]) + 1)
+            tokens, rows = tokens[:reach], rows[:reach]
+            resid = self.model.residual(tokens, self.layer)
+            # massive-activation positions are not analysed, as `harvest` does not store them
+            rows &= ~outlier_positions(resid.float().norm(dim=-1).cpu(), rows, MAX_NORM_RATIO)
+            mask, length = _limit(rows, budget)
             keep = _kept(mask)
             if keep == 0:
                 return
-            tokens, mask, length = tokens[:keep], mask[:keep], length[:keep]
-            resid = self.model.residual(tokens, self.layer)
+            tokens, mask, length, resid = tokens[:keep], mask[:keep], length[:keep], resid[:keep]
             acts = resid[mask.to(resid.device)].float()
             yield Batch(torch.arange(first, first + keep), tokens, mask, length, acts)
             budget -= int(mask.sum())

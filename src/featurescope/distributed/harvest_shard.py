@@ -89,12 +89,13 @@ def _run(world: World, cfg: HarvestConfig, model: LanguageModel | None, progress
     special = special_ids(model)
     stream = itertools.islice(split_contexts(source, model.tokenizer, ctx_len=cfg.ctx_len, bos_id=model.bos_id,
                                              fraction=cfg.heldout), done_ctx, None)
-    shards_left = plan(stream, special, cfg, first, done_rows)
     bar = tqdm(total=cfg.tokens, initial=done_rows, unit="tok", unit_scale=True, desc=f"harvest ×{world.size}",
                disable=not (progress and world.is_main), dynamic_ncols=True)
     new_rows, n_shards = 0, first
     while True:
-        round_ = list(itertools.islice(shards_left, world.size))
+        # planned afresh each round from the rows actually stored: massive-activation positions are found only
+        # when the model runs, so a shard may store fewer rows than its non-special positions
+        round_ = list(itertools.islice(plan(stream, special, cfg, n_shards, done_rows), world.size))
         if not round_:
             break
         record = None

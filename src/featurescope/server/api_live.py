@@ -34,7 +34,6 @@ async def search_text(request: Request, body: schemas.TextSearchRequest) -> sche
     from featurescope.analysis.search import search_text as run
 
     live = explorer(request).require_live()
-    _require_utf8(body.text)
 
     def work() -> Any:
         with live.lock:
@@ -46,20 +45,12 @@ async def search_text(request: Request, body: schemas.TextSearchRequest) -> sche
     return schemas.TextSearchResult(tokens=result.tokens, token_ids=result.token_ids, hits=hits)
 
 
-def _require_utf8(text: str) -> None:
-    """A lone surrogate (a JSON \\ud800 escape) is not text: 400."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise FeaturescopeError("the text holds a lone surrogate (\\ud800-\\udfff); send valid UTF-8") from None
-
-
-def _steer_values(request: Request, body: schemas.SteerRequest) -> dict[int, object]:
+def _steer_values(request: Request, features: list[schemas.SteerFeature]) -> dict[int, Any]:
     from featurescope.steering.values import parse_value
 
     ex = explorer(request)
-    values: dict[int, object] = {}
-    for item in body.features:
+    values: dict[int, Any] = {}
+    for item in features:
         ex.check_id(item.feature)
         if item.feature in values:
             raise FeaturescopeError(f"feature {item.feature} is given twice")
@@ -77,19 +68,14 @@ async def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerRe
 
     ex = explorer(request)
     live = ex.require_live()
-    _require_utf8(body.prompt)
-    if not math.isfinite(body.temperature):
-        raise FeaturescopeError("temperature must be a finite number")
-    values = _steer_values(request, body)
+    values = _steer_values(request, body.features)
     max_acts = ex.max_activations()
 
     def work() -> Any:
         with live.lock:
-            auto = {i: _auto_choice(live, i, float(max_acts[i]), body.mode) for i, v in values.items()
-                    if getattr(v, "auto", False)}
-            chosen = {**values, **{i: f"{c.multiple:g}x" for i, c in auto.items()}}
-            out = generate(live.model, live.sae, body.prompt, chosen, mode=body.mode, max_acts=max_acts,
-                           max_new_tokens=body.max_new_tokens, seed=body.seed, chat=body.chat,
+            auto = _auto_choices(live, values, max_acts, body.mode)
+            out = generate(live.model, live.sae, body.prompt, _with_auto(values, auto), mode=body.mode,
+                           max_acts=max_acts, max_new_tokens=body.max_new_tokens, seed=body.seed, chat=body.chat,
                            temperature=body.temperature)
             return out, auto
     out, auto = await live.queue.run(work)
@@ -99,17 +85,25 @@ async def steer(request: Request, body: schemas.SteerRequest) -> schemas.SteerRe
                                      for i, c in auto.items()})
 
 
-def _auto_choice(live: Any, feature: int, max_act: float, mode: str) -> Any:
-    """The calibrated choice for `feature` (steering.auto): kept in memory, read from the database's cache if
-    `featurescope steer` stored it there, else computed (the explorer never writes its database)."""
+def _auto_choices(live: Any, values: dict[int, Any], max_acts: Any, mode: str) -> dict[int, Any]:
+    """The calibrated choice (steering.auto) of each feature of `values` given `auto`; call it holding the model
+    lock. Kept in memory, read from the database's cache if `featurescope steer` stored it there, else computed
+    (the explorer never writes its database)."""
     from featurescope.steering.auto import auto_value
     from featurescope.steering.calibrate import CalibrationConfig
 
-    key = (feature, mode)
-    if key not in live.auto:
-        live.auto[key] = auto_value(live.model, live.sae, feature, max_act, con=live.store.con,
-                                    cfg=CalibrationConfig(mode=mode))
-    return live.auto[key]
+    chosen = {}
+    for i in (i for i, v in values.items() if v.auto):
+        if (i, mode) not in live.auto:
+            live.auto[i, mode] = auto_value(live.model, live.sae, i, float(max_acts[i]), con=live.store.con,
+                                            cfg=CalibrationConfig(mode=mode))
+        chosen[i] = live.auto[i, mode]
+    return chosen
+
+
+def _with_auto(values: dict[int, Any], auto: dict[int, Any]) -> dict[int, Any]:
+    """`values` with each feature given `auto` steered at its chosen multiple."""
+    return {**values, **{i: f"{c.multiple:g}x" for i, c in auto.items()}}
 
 
 def _ce_corpus(meta: dict[str, object]) -> str:

@@ -21,9 +21,8 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from featurescope.errors import FeaturescopeError
 from featurescope.server import generation, schemas
-from featurescope.server.api_live import LIVE_ERRORS, _auto_choice, _steer_values
+from featurescope.server.api_live import LIVE_ERRORS, _auto_choices, _steer_values, _with_auto
 from featurescope.server.api_store import explorer
 from featurescope.server.context import NotFound, finite
 
@@ -38,25 +37,19 @@ def jobs(request: Request) -> generation.Jobs:
     return state.generations
 
 
-def _columns(request: Request, body: schemas.StreamSteerRequest, live: Any,
+def _columns(values: list[dict[int, Any]], auto: dict[int, Any], body: schemas.StreamSteerRequest, live: Any,
              max_acts: Any) -> tuple[list[generation.Column], int]:
-    """The baseline and one column per run of features; `auto` values resolved to their calibrated multiple."""
+    """The baseline and one column per run of features (`values`, each checked); `auto` values steered at their
+    chosen multiple."""
     from featurescope.steering.hook import make_hook
 
-    model, sae = live.model, live.sae
-
     columns = [generation.Column("baseline", None, {})]
-    layer = int(sae.cfg.layer) if sae.cfg.layer is not None else -1
-    for run in body.columns:
-        values = _steer_values(request, schemas.SteerRequest(prompt=body.prompt, features=run, mode=body.mode))
-        auto = [i for i, v in values.items() if getattr(v, "auto", False)]
-        if auto:
-            with live.lock:
-                chosen = {i: _auto_choice(live, i, float(max_acts[i]), body.mode) for i in auto}
-            values.update({i: f"{c.multiple:g}x" for i, c in chosen.items()})
-        hook, layer = make_hook(model, sae, values, mode=body.mode, max_acts=max_acts)
+    layer = int(live.sae.cfg.layer) if live.sae.cfg.layer is not None else -1
+    for run, given in zip(body.columns, values, strict=True):
+        chosen = _with_auto(given, {i: auto[i] for i, v in given.items() if v.auto})
+        hook, layer = make_hook(live.model, live.sae, chosen, mode=body.mode, max_acts=max_acts)
         absolute = {i: finite(v) or 0.0 for i, v in zip(hook.features, hook.values.tolist(), strict=True)}
-        title = ", ".join(f"#{f.feature} {f.value}" + (f" (= {values[f.feature]})" if f.feature in auto else "")
+        title = ", ".join(f"#{f.feature} {f.value}" + (f" (= {chosen[f.feature]})" if given[f.feature].auto else "")
                           for f in run)
         columns.append(generation.Column(title, hook, absolute))
     return columns, layer
@@ -79,13 +72,22 @@ async def _events(job: generation.Job) -> AsyncIterator[str]:
 
 @router.post("/steer/stream", summary="Stream a baseline and steered continuations token by token (NDJSON)",
              responses={**LIVE_ERRORS, 503: {"description": "too many generations are running"}})
-def steer_stream(request: Request, body: schemas.StreamSteerRequest) -> StreamingResponse:
+async def steer_stream(request: Request, body: schemas.StreamSteerRequest) -> StreamingResponse:
     from featurescope.steering.generate import encode_prompt, generation_kwargs
 
     ex = explorer(request)
     live = ex.require_live()
     model = live.model
-    columns, layer = _columns(request, body, live, ex.max_activations())
+    values = [_steer_values(request, run) for run in body.columns]
+    max_acts = ex.max_activations()
+    wanted = {i: v for run in values for i, v in run.items() if v.auto}
+    auto: dict[int, Any] = {}
+    if wanted:  # calibrating needs the model: wait for it in the live queue, as the one-shot routes do
+        def calibrate() -> dict[int, Any]:
+            with live.lock:
+                return _auto_choices(live, wanted, max_acts, body.mode)
+        auto = await live.queue.run(calibrate)
+    columns, layer = _columns(values, auto, body, live, max_acts)
     ids, text = encode_prompt(model, body.prompt, chat=body.chat)
     kwargs = generation_kwargs(model, max_new_tokens=body.max_new_tokens, temperature=body.temperature)
     job = jobs(request).start(lambda js: generation.Job(js, model, live.lock, ids, text, columns, kwargs,
@@ -101,8 +103,3 @@ def cancel(request: Request, job_id: str) -> dict[str, Any]:
         raise NotFound(f"no running generation {job_id!r} (finished already?)")
     job.cancel()
     return {"job": job_id, "cancelled": True}
-
-
-def busy_status(error: FeaturescopeError) -> int | None:
-    """503 for `generation.Busy`, else None."""
-    return 503 if isinstance(error, generation.Busy) else None

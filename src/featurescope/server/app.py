@@ -23,6 +23,7 @@ from featurescope.server import (
     api_stream,
     api_tokens,
     error_pages,
+    generation,
     limits,
     pages,
 )
@@ -39,18 +40,14 @@ def _status(error: FeaturescopeError) -> int:
         return 404
     if isinstance(error, NotLoaded):
         return 409
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable | generation.Busy):
         return 503
-    if (busy := api_stream.busy_status(error)) is not None:
-        return busy
     return 400
 
 
 async def _featurescope_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, FeaturescopeError)
-    if error_pages.wants_page(request):
-        return error_pages.page(_status(error), str(error))
-    return JSONResponse({"detail": str(error)}, status_code=_status(error))
+    return error_pages.respond(request, _status(error), str(error))
 
 
 async def _invalid_request(request: Request, error: Exception) -> Response:
@@ -64,9 +61,9 @@ async def _invalid_request(request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-async def _damaged_database(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "the feature database is damaged; rebuild it (featurescope analyze --overwrite)"},
-                        status_code=503)
+async def _damaged_database(request: Request, error: Exception) -> Response:
+    return error_pages.respond(request, 503, "the feature database is damaged; rebuild it "
+                               "(featurescope analyze --overwrite)")
 
 
 def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,

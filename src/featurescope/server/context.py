@@ -71,6 +71,8 @@ class Live:
         self.lock = FairLock()
         """First come first served; streamed generations release it between tokens (see `generation`)."""
         self.queue = LiveQueue()
+        """Where the one-shot live routes (and a stream's `auto` calibration) wait, in the event loop, for their turn
+        to take `lock`; streamed generations take it from their own threads, bounded by `generation.Jobs`."""
         self.ce: dict[str, Any] | None = None
         """The last CE-loss-recovered measurement (kept in memory only)."""
         self.auto: dict[tuple[int, str], Any] = {}

@@ -7,9 +7,9 @@ import html
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 TEMPLATE = """<!doctype html>
@@ -47,6 +47,11 @@ def page(status: int, message: str) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers={"cache-control": "no-cache"})
 
 
+def respond(request: Request, status: int, message: str) -> Response:
+    """The error page for a page request, else the API's JSON `{"detail": message}`."""
+    return page(status, message) if wants_page(request) else JSONResponse({"detail": message}, status_code=status)
+
+
 def validation_message(error: RequestValidationError) -> str:
     parts = []
     for e in error.errors():
@@ -65,14 +70,6 @@ async def _http_error(request: Request, error: Exception) -> Response:
     return page(error.status_code, message)
 
 
-async def _validation_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, RequestValidationError)
-    if not wants_page(request):
-        return await request_validation_exception_handler(request, error)
-    return page(400, validation_message(error))
-
-
 def install(app: FastAPI) -> None:
-    """Register the page-aware handlers for HTTP and validation errors."""
+    """Register the page-aware handler of HTTP errors (the app's own handlers call `respond` and `page`)."""
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)

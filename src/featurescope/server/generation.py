@@ -88,14 +88,16 @@ class ThreadOnly:
 
 
 @contextmanager
-def attach_here(model: Any, hook: Any, layer: int) -> Iterator[None]:
-    """`steering.hook.attach` for the calling thread only (see `ThreadOnly`)."""
+def attach_here(model: Any, edit: Callable[[Tensor], Tensor], layer: int,
+                record: Callable[..., None] | None = None) -> Iterator[None]:
+    """`steering.hook.attach` for the calling thread only (see `ThreadOnly`): `edit` on block `layer`, and
+    `record` (the token-id recorder) as the input embedding's pre-hook."""
     with ExitStack() as stack:
         embedding = model.hf.get_input_embeddings()
-        if hook.special is not None and embedding is not None:
-            handle = embedding.register_forward_pre_hook(ThreadOnly(hook.tokens, False), with_kwargs=True)
+        if record is not None and embedding is not None:
+            handle = embedding.register_forward_pre_hook(ThreadOnly(record, False), with_kwargs=True)
             stack.callback(handle.remove)
-        stack.enter_context(model.splice(layer, ThreadOnly(hook, True)))
+        stack.enter_context(model.splice(layer, ThreadOnly(edit, True)))
         yield
 
 
@@ -124,28 +126,12 @@ class RowHooks:
         return torch.cat(rows)
 
 
-@contextmanager
-def attach_rows(model: Any, edit: RowHooks, layer: int) -> Iterator[None]:
-    """`edit` on block `layer` (and its token-id recorder) for the calling thread only."""
-    with ExitStack() as stack:
-        embedding = model.hf.get_input_embeddings()
-        if embedding is not None:
-            handle = embedding.register_forward_pre_hook(ThreadOnly(edit.record, False), with_kwargs=True)
-            stack.callback(handle.remove)
-        stack.enter_context(model.splice(layer, ThreadOnly(edit, True)))
-        yield
-
-
 class Column(NamedTuple):
     """One continuation to generate: a title, and the steering hook (None: the baseline)."""
 
     title: str
     hook: Any
     values: dict[int, float]
-
-
-class Cancelled(Exception):
-    """Raised inside a job's thread once it is cancelled."""
 
 
 class Job:
@@ -160,7 +146,6 @@ class Job:
         self.kwargs, self.seed, self.layer = kwargs, seed, layer
         self.cancelled = threading.Event()
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.rng: Tensor | None = None
         self.thread = threading.Thread(target=self._run, name=f"featurescope-generation-{self.id}", daemon=True)
 
     def cancel(self) -> None:
@@ -179,35 +164,47 @@ class Job:
 
     def _pause(self) -> None:
         """Let anyone queued for the model go first, then resume with this job's RNG state."""
-        self.rng = torch.get_rng_state()
+        rng = torch.get_rng_state()
         self.lock.release()
         self.lock.acquire()
-        torch.set_rng_state(self.rng)
+        torch.set_rng_state(rng)
 
-    def _column(self, index: int, column: Column) -> int:
+    def _streaming(self, start: int, columns: list[int],
+                   length: Callable[[Tensor], int]) -> tuple[dict[str, Any], list[str]]:
+        """The generation kwargs and the text sent so far by row. Their stopping criterion sends each row's new
+        text after every token (row r is column `columns[r]`, its new tokens the first `length(row)` after
+        `start`), then lets anyone queued for the model go first, and stops the generation once cancelled."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         from featurescope.steering.generate import decode
 
-        start, shown = self.ids.shape[1], [""]
-        job = self
+        shown, job = [""] * len(columns), self
 
         class Step(StoppingCriteria):
             def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-                text = decode(job.model, input_ids[0, start:])
-                if text.startswith(shown[0]) and len(text) > len(shown[0]):
-                    job._put("token", column=index, text=text[len(shown[0]):])
-                    shown[0] = text
+                for r, column in enumerate(columns):
+                    text = decode(job.model, input_ids[r, start:start + length(input_ids[r])])
+                    if text.startswith(shown[r]) and len(text) > len(shown[r]):
+                        job._put("token", column=column, text=text[len(shown[r]):])
+                        shown[r] = text
                 stop = job.cancelled.is_set()
                 if not stop:
                     job._pause()
                 return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
-        kwargs = {**self.kwargs, "stopping_criteria": StoppingCriteriaList([Step()])}
+        return {**self.kwargs, "stopping_criteria": StoppingCriteriaList([Step()])}, shown
+
+    def _column(self, index: int, column: Column) -> int:
+        from featurescope.steering.generate import decode
+
+        start = self.ids.shape[1]
+        kwargs, shown = self._streaming(start, [index], lambda row: len(row) - start)
         torch.manual_seed(self.seed)
         with torch.inference_mode(), ExitStack() as stack:
             if column.hook is not None:
-                stack.enter_context(attach_here(self.model, column.hook, self.layer))
+                hook = column.hook
+                stack.enter_context(attach_here(self.model, hook, self.layer,
+                                                hook.tokens if hook.special is not None else None))
             out = self.model.hf.generate(input_ids=self.ids, attention_mask=torch.ones_like(self.ids), **kwargs)
         text = decode(self.model, out[0, start:])
         if text != shown[0]:
@@ -223,34 +220,19 @@ class Job:
 
     def _batched(self) -> None:
         """Greedy: every column in one batch (row i = column i), so all of them stream side by side."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
         from featurescope.steering.generate import decode
 
         start, rows = self.ids.shape[1], len(self.columns)
-        shown = [""] * rows
         stops = self._stops()
-        job = self
 
         def length(row: Tensor) -> int:
             new = row[start:].tolist()
             return next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
 
-        class Step(StoppingCriteria):
-            def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-                for i in range(rows):
-                    text = decode(job.model, input_ids[i, start:start + length(input_ids[i])])
-                    if text.startswith(shown[i]) and len(text) > len(shown[i]):
-                        job._put("token", column=i, text=text[len(shown[i]):])
-                        shown[i] = text
-                stop = job.cancelled.is_set()
-                if not stop:
-                    job._pause()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
+        kwargs, shown = self._streaming(start, list(range(rows)), length)
         ids = self.ids.expand(rows, -1).contiguous()
-        kwargs = {**self.kwargs, "stopping_criteria": StoppingCriteriaList([Step()])}
-        with torch.inference_mode(), attach_rows(self.model, RowHooks([c.hook for c in self.columns]), self.layer):
+        edit = RowHooks([c.hook for c in self.columns])
+        with torch.inference_mode(), attach_here(self.model, edit, self.layer, edit.record):
             out = self.model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         for i in range(rows):
             n = length(out[i])
@@ -263,13 +245,13 @@ class Job:
         try:
             self.lock.acquire()
             try:
-                if not self.kwargs.get("do_sample"):
+                if self.kwargs.get("do_sample"):
+                    for i, column in enumerate(self.columns):
+                        if self.cancelled.is_set():
+                            break
+                        self._put("column", column=i, tokens=self._column(i, column))
+                else:
                     self._batched()
-                for i, column in enumerate(self.columns if self.kwargs.get("do_sample") else []):
-                    if self.cancelled.is_set():
-                        break
-                    tokens = self._column(i, column)
-                    self._put("column", column=i, tokens=tokens)
             finally:
                 self.lock.release()
             self._put("done", cancelled=self.cancelled.is_set())

@@ -91,6 +91,19 @@ def start_server(db: Path, sae: Any = None, model: Any = None) -> Any:
     return ServerThread(create_app(db, sae=sae, model=model)).start()
 
 
+def start_live_server(built: ExplorerDB, model: Any) -> Any:
+    """A running explorer of the test database with its SAE and `model` loaded (live search and steering)."""
+    from featurescope.sae import SAE
+
+    return start_server(built.db, sae=SAE.load(built.sae_dir), model=model)
+
+
+def running_generations(server: Any) -> int:
+    """How many streamed generations the explorer `server` (a `ServerThread`) is running."""
+    state = server.server.config.app.state
+    return state.generations.running() if hasattr(state, "generations") else 0
+
+
 def launch_chromium(playwright: Any, user_data_dir: Path) -> Any:
     """A headless browser context of Debian's Chromium with a fresh profile (skips when it is not installed)."""
     if not Path(CHROMIUM).is_file():

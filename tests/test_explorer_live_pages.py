@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from explorer_helpers import running_generations
 from test_explorer_pages import Page, browser, explorer_db, features, server, shots  # noqa: F401  (fixtures)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -21,24 +22,19 @@ def tab(browser, server):  # noqa: F811
     t.page.close()
 
 
-def _running(server) -> int:  # noqa: F811
-    state = server.server.config.app.state
-    return state.generations.running() if hasattr(state, "generations") else 0
-
-
 def test_steering_streams_tokens_and_cancel_stops_the_server(tab, server, features):  # noqa: F811
     f = features[0]
     tab.open(f"/steer?feature={f}&n=200", ".feature-row a")
     tab.page.click("button.primary")
     tab.page.wait_for_function(BASELINE_GROWN, arg=len("The Golden Gate Bridge is"))
     assert tab.page.get_attribute("#steer-status", "data-state") == "running"  # tokens came before the end
-    assert _running(server) == 1
+    assert running_generations(server) == 1
     tab.page.click("#cancel")
     tab.page.wait_for_selector("#steer-status[data-state='cancelled']", timeout=20_000)
     deadline = time.monotonic() + 10
-    while _running(server) and time.monotonic() < deadline:
+    while running_generations(server) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _running(server) == 0
+    assert running_generations(server) == 0
     assert tab.page.is_enabled("button.primary") and not tab.page.is_enabled("#cancel")
     assert tab.errors == []
 
@@ -78,7 +74,7 @@ def test_search_answers_while_a_generation_streams(tab, browser, server, feature
         other.page.press("#text", "Control+Enter")
         other.page.wait_for_selector("#hits .hit", timeout=15_000)
         took = time.monotonic() - t0
-        assert _running(server) == 1  # the generation was still going meanwhile
+        assert running_generations(server) == 1  # the generation was still going meanwhile
         assert took < 5, took
     finally:
         other.page.close()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer_helpers import LABEL_PAYLOAD, build_db, launch_chromium, start_server
-from featurescope.sae import SAE
+from explorer_helpers import LABEL_PAYLOAD, build_db, launch_chromium, start_live_server
 from featurescope.store import FeatureStore
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -52,7 +51,7 @@ def explorer_db(gemma, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(explorer_db, gemma):
-    srv = start_server(explorer_db.db, sae=SAE.load(explorer_db.sae_dir), model=gemma)
+    srv = start_live_server(explorer_db, gemma)
     yield srv
     srv.stop()
 

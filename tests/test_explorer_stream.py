@@ -10,8 +10,7 @@ import time
 import httpx
 import pytest
 
-from explorer_helpers import build_db, start_server
-from featurescope.sae import SAE
+from explorer_helpers import build_db, running_generations, start_live_server
 from featurescope.server.generation import FairLock, ThreadOnly
 
 
@@ -22,7 +21,7 @@ def explorer_db(gemma, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(explorer_db, gemma):
-    srv = start_server(explorer_db.db, sae=SAE.load(explorer_db.sae_dir), model=gemma)
+    srv = start_live_server(explorer_db, gemma)
     yield srv
     srv.stop()
 
@@ -48,10 +47,6 @@ def _texts(events: list[dict], columns: int) -> list[str]:
         if e["event"] == "token":
             texts[e["column"]] = e["text"] if e.get("replace") else texts[e["column"]] + e["text"]
     return texts
-
-
-def _running(server) -> int:
-    return server.server.config.app.state.generations.running()
 
 
 def test_stream_matches_the_one_shot_steer_and_sweeps_columns(http):
@@ -82,7 +77,7 @@ def test_cancel_stops_the_generation_on_the_server(http, server):
         rest = _events(lines)
     assert rest[-1] == {"event": "done", "cancelled": True}
     assert time.monotonic() - t0 < 30  # 400 tokens would take far longer on this CPU
-    assert sum(e["event"] == "token" for e in rest) < 100 and _running(server) == 0
+    assert sum(e["event"] == "token" for e in rest) < 100 and running_generations(server) == 0
     assert http.post(f"/api/steer/jobs/{start['job']}/cancel").status_code == 404
 
 
@@ -94,9 +89,9 @@ def test_closing_the_connection_cancels_and_busy_answers_503(http, server):
             third = http.post("/api/steer/stream", json=_steer_body(3, ["5x"], 5))
             assert third.status_code == 503 and "busy" in third.json()["detail"]
     deadline = time.monotonic() + 20
-    while _running(server) and time.monotonic() < deadline:
+    while running_generations(server) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _running(server) == 0
+    assert running_generations(server) == 0
 
 
 def test_search_is_served_while_a_generation_runs(http, server):
@@ -109,7 +104,7 @@ def test_search_is_served_while_a_generation_runs(http, server):
             hits = http.post("/api/search/text", json={"text": "The bridge spans the strait."}).json()["hits"]
             took.append(time.monotonic() - t0)
             assert hits
-        assert _running(server) == 1  # the generation was still going
+        assert running_generations(server) == 1  # the generation was still going
     assert max(took) < 5, took
 
 

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from fastapi.testclient import TestClient
 
-from explorer_helpers import build_db, start_server
+from explorer_helpers import build_db, start_live_server
 from featurescope.sae import SAE
 from featurescope.server import create_app
 
@@ -75,7 +75,7 @@ def _steer(url: str) -> int:
 
 
 def test_waiting_steers_do_not_starve_feature_pages(built, gemma):
-    srv = start_server(built.db, sae=SAE.load(built.sae_dir), model=gemma)
+    srv = start_live_server(built, gemma)
     url = srv.url.rstrip("/")
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:

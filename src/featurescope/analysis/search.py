@@ -10,7 +10,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
 from featurescope.store import FeatureStore, best_label
-from featurescope.tokentext import merge_pieces, token_bytes
+from featurescope.tokentext import Merger, token_bytes
 
 MAX_TOKENS = 2048
 ORDERS = ("max", "relative")
@@ -57,6 +57,30 @@ def load_for_store(store: FeatureStore, *, sae: SAE | str | None = None, model: 
 
 
 @torch.inference_mode()
+def text_ids(model: LanguageModel, text: str) -> list[int]:
+    """The token ids a text search reads: BOS (if the model has one), then at most MAX_TOKENS of `text`."""
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]  # type: ignore[operator]
+    return [model.bos_id, *ids] if model.bos_id is not None else list(ids)
+
+
+@torch.inference_mode()
+def text_activations(model: LanguageModel, sae: SAE, layer: int, ids: list[int]) -> torch.Tensor:
+    """Feature activations [len(ids), d_sae] on every token (zero at special tokens, which the SAE never read)."""
+    tokens = torch.tensor([ids])
+    resid = model.residual(tokens, layer)[0]
+    keep = ~torch.isin(tokens[0], torch.tensor(sorted(model.special_ids) or [-1])).to(resid.device)
+    acts = torch.zeros(len(ids), sae.d_sae, device=resid.device)
+    if bool(keep.any()):
+        acts[keep] = sae.encode(resid[keep].float()).float()
+    return acts
+
+
+def text_pieces(model: LanguageModel, ids: list[int]) -> Merger:
+    """The merger that shows `ids` as text, byte tokens merged into characters."""
+    raw = token_bytes(model.tokenizer, sorted(set(ids)))
+    return Merger([raw[i] for i in ids])
+
+
 def search_text(store: FeatureStore, text: str, *, sae: SAE | str | None = None,
                 model: LanguageModel | str | None = None, n: int = 10, by: str = "max",
                 device: str = "cpu") -> TextSearch:
@@ -69,15 +93,8 @@ def search_text(store: FeatureStore, text: str, *, sae: SAE | str | None = None,
     if n <= 0:
         raise FeaturescopeError(f"n must be positive (got {n})")
     sae, model = load_for_store(store, sae=sae, model=model, device=device)
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
-    if model.bos_id is not None:
-        ids = [model.bos_id, *ids]
-    tokens = torch.tensor([ids])
-    resid = model.residual(tokens, int(store.meta["layer"]))[0]
-    keep = ~torch.isin(tokens[0], torch.tensor(sorted(model.special_ids) or [-1])).to(resid.device)
-    acts = torch.zeros(len(ids), sae.d_sae, device=resid.device)
-    if bool(keep.any()):
-        acts[keep] = sae.encode(resid[keep].float()).float()
+    ids = text_ids(model, text)
+    acts = text_activations(model, sae, int(store.meta["layer"]), ids)
     peak = acts.max(dim=0).values.cpu()
     corpus_max = store.max_activations()
     relative = torch.where(corpus_max > 0, peak / corpus_max.clamp_min(1e-30), 0.0)
@@ -86,8 +103,7 @@ def search_text(store: FeatureStore, text: str, *, sae: SAE | str | None = None,
     top = order.topk(min(n, sae.d_sae))
     chosen = [int(f) for f, v in zip(top.indices, top.values, strict=True) if v >= 0]
     labels = {f: best.text if (best := best_label(store.labels(f))) else "" for f in chosen}
-    raw = token_bytes(model.tokenizer, sorted(set(ids)))
-    pieces = [raw[i] for i in ids]
-    hits = [FeatureHit(f, float(peak[f]), float(relative[f]), labels[f],
-                       merge_pieces(pieces, acts[:, f].cpu().tolist()).acts) for f in chosen]
-    return TextSearch(ids, merge_pieces(pieces).texts, hits)
+    merge = text_pieces(model, ids)
+    hits = [FeatureHit(f, float(peak[f]), float(relative[f]), labels[f], merge(acts[:, f].cpu().tolist()).acts)
+            for f in chosen]
+    return TextSearch(ids, merge().texts, hits)

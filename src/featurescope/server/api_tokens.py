@@ -40,22 +40,19 @@ class TokenResult(BaseModel):
 
 @router.post("/search/token", summary="The features that fire most on one token of a text", responses=LIVE_ERRORS)
 def search_token(request: Request, body: TokenRequest) -> TokenResult:
-    from featurescope.analysis.search import MAX_TOKENS
+    from featurescope.analysis.search import text_activations, text_ids, text_pieces
 
     ex = explorer(request)
     live = ex.require_live()
     model, sae = live.model, live.sae
-    ids = model.tokenizer(body.text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
-    if model.bos_id is not None:
-        ids = [model.bos_id, *ids]
+    ids = text_ids(model, body.text)
     if body.position >= len(ids):
         raise FeaturescopeError(f"position {body.position} is past the text's {len(ids)} tokens")
-    token = model.tokenizer.decode([ids[body.position]])
+    token = text_pieces(model, ids)().texts[body.position]  # "" for a later byte of a character shown before
     if ids[body.position] in model.special_ids:
         return TokenResult(position=body.position, token=token, hits=[])
-    with live.lock, torch.inference_mode():
-        resid = model.residual(torch.tensor([ids[: body.position + 1]]), int(ex.meta["layer"]))[0, -1]
-        acts = sae.encode(resid[None].float()).float()[0].cpu()
+    with live.lock:
+        acts = text_activations(model, sae, int(ex.meta["layer"]), ids[: body.position + 1])[-1].cpu()
     corpus_max = ex.max_activations().float()
     relative = torch.where(corpus_max > 0, acts / corpus_max.clamp_min(1e-30), 0.0)
     order = (relative if body.by == "relative" else acts).clone()
@@ -88,22 +85,18 @@ class ActivationsResult(BaseModel):
 @router.post("/activations", summary="Chosen features' activations on every token of a text",
              responses=LIVE_ERRORS)
 def activations(request: Request, body: ActivationsRequest) -> ActivationsResult:
-    from featurescope.analysis.search import MAX_TOKENS
+    from featurescope.analysis.search import text_activations, text_ids, text_pieces
 
     ex = explorer(request)
     live = ex.require_live()
     features = [ex.check_id(f) for f in dict.fromkeys(body.features)]
     model, sae = live.model, live.sae
-    ids = model.tokenizer(body.text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
-    if model.bos_id is not None:
-        ids = [model.bos_id, *ids]
-    keep = torch.tensor([i not in model.special_ids for i in ids])
-    with live.lock, torch.inference_mode():
-        resid = model.residual(torch.tensor([ids]), int(ex.meta["layer"]))[0]
-        acts = torch.zeros(len(ids), len(features))
-        if bool(keep.any()):
-            acts[keep] = sae.encode(resid[keep.to(resid.device)].float()).float()[:, features].cpu()
+    ids = text_ids(model, body.text)
+    with live.lock:
+        acts = text_activations(model, sae, int(ex.meta["layer"]), ids)[:, features].cpu()
     corpus_max = ex.max_activations().float()
-    return ActivationsResult(tokens=model.tokenizer.batch_decode([[i] for i in ids]), features=[
-        FeatureActs(feature=f, corpus_max=finite(corpus_max[f]) or 0.0, acts=[finite(a) or 0.0 for a in acts[:, j]])
+    merge = text_pieces(model, ids)  # as /api/search/text shows them: a character's tokens carry its max
+    return ActivationsResult(tokens=merge().texts, features=[
+        FeatureActs(feature=f, corpus_max=finite(corpus_max[f]) or 0.0,
+                    acts=[finite(a) or 0.0 for a in merge(acts[:, j].tolist()).acts])
         for j, f in enumerate(features)])

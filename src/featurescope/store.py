@@ -22,7 +22,7 @@ from torch import Tensor
 from featurescope.atomic import atomic_path
 from featurescope.db_check import check_database
 from featurescope.errors import FeaturescopeError
-from featurescope.tokentext import merge_pieces, readable, text_has_words
+from featurescope.tokentext import Merger, readable, text_has_words
 
 FORMAT = "featurescope.features"
 VERSION = 2
@@ -299,7 +299,8 @@ def copy_db(src: str | Path, dst: str | Path) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def _has_column(con: sqlite3.Connection, table: str, column: str) -> bool:
+def has_column(con: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether `table` has `column` (version 2 added `tokens.bytes` and `labels.score_lower`)."""
     try:
         return any(r[1] == column for r in con.execute(f"PRAGMA table_info({table})").fetchall())
     except sqlite3.DatabaseError:
@@ -321,8 +322,8 @@ class FeatureStore:
         self.path, self.con, self.meta = path, con, meta
         self.d_sae = int(meta["d_sae"])
         self._unit: Tensor | None = None
-        self._has_bytes = _has_column(con, "tokens", "bytes")
-        self._lower = "score_lower" if _has_column(con, "labels", "score_lower") else "NULL"
+        self._has_bytes = has_column(con, "tokens", "bytes")
+        self._lower = "score_lower" if has_column(con, "labels", "score_lower") else "NULL"
         con.create_function("fs_words", 2, text_has_words, deterministic=True)
 
     @classmethod
@@ -401,12 +402,13 @@ class FeatureStore:
             sql, args = sql + " AND kind = ?", (i, kind)
         rows = self.con.execute(sql + " ORDER BY kind DESC, interval DESC, rank", args).fetchall()
         ctx = self.context_tokens({r[4] for r in rows})
-        raw = self.token_bytes({t for c in {r[4] for r in rows} for t in ctx[c]})
+        raw = self.token_bytes({t for toks in ctx.values() for t in toks})
+        merge = {c: Merger([raw.get(t, b"") for t in toks]) for c, toks in ctx.items()}
         out = []
         for kind_, interval, rank, value, c, pos, start, acts_blob in rows:
             acts = _floats(acts_blob)
             ids = ctx[c][start:start + len(acts)]
-            merged = merge_pieces([raw.get(t, b"") for t in ctx[c]], acts, start)  # characters across the window edge
+            merged = merge[c](acts, start)  # characters across the window edge
             out.append(Example(kind_, interval, rank, value, c, pos, start, ids, merged.texts, merged.acts))
         return out
 
@@ -423,10 +425,7 @@ class FeatureStore:
 
     def token_texts(self, ids: Iterable[int]) -> dict[int, str]:
         """Each token's own text (those stored in the database); a lone byte token reads `<0xNN>` (version 2)."""
-        if not self._has_bytes:
-            return dict(self._select_in("SELECT id, text FROM tokens WHERE id IN", ids))
-        return {i: readable(b) if b is not None else t
-                for i, t, b in self._select_in("SELECT id, text, bytes FROM tokens WHERE id IN", ids)}
+        return {i: readable(b) for i, b in self.token_bytes(ids).items()}
 
     def token_bytes(self, ids: Iterable[int]) -> dict[int, bytes]:
         """Each token's raw bytes (version 1 databases: the UTF-8 of its stored text, "�" for byte tokens)."""
@@ -461,11 +460,9 @@ class FeatureStore:
                f"ON l.feature = f.id AND l.r = 1 {where} ORDER BY {order} LIMIT ?")
         return [FeatureSummary(*row) for row in self.con.execute(sql, (*args, n)).fetchall()]
 
-    def label_rank_sql(self, prefix: str = "") -> str:
-        """SQL for `label_rank` over the labels table (columns prefixed by `prefix`)."""
-        if self._lower == "NULL":
-            return f"COALESCE({prefix}score, -1)"
-        return f"COALESCE({prefix}score_lower, {prefix}score, -1)"
+    def label_rank_sql(self) -> str:
+        """SQL for `label_rank` over the labels table."""
+        return f"COALESCE({self._lower}, score, -1)"
 
     def top(self, by: str = "density", n: int = 20, *, ascending: bool = False) -> list[FeatureSummary]:
         """`n` features ordered by density, max, label-score, mean or id (highest first unless `ascending`)."""

@@ -69,6 +69,15 @@ def token_bytes(tokenizer: Any, ids: Sequence[int], decoded: dict[int, str] | No
     return {i: piece_bytes(p if isinstance(p, str) else "", t) for i, p, t in zip(ids, pieces, texts, strict=True)}
 
 
+def is_whole(data: bytes) -> bool:
+    """Whether one token's bytes are whole UTF-8 (not a byte of a character split over several tokens)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def readable(data: bytes) -> str:
     """One token's bytes as text: decoded when they are whole UTF-8, else each byte as `<0xNN>`."""
     try:
@@ -81,31 +90,42 @@ def _is_continuation(b: int) -> bool:
     return 0x80 <= b <= 0xBF
 
 
+class Merger:
+    """`merge_pieces` for one sequence of tokens and any number of activation windows over it: the characters
+    are assembled once."""
+
+    def __init__(self, byte_seqs: Sequence[bytes]) -> None:
+        self.owner = _owners(byte_seqs)  # token index → (first token of its group, group text)
+
+    def __call__(self, acts: Sequence[float] | None = None, start: int = 0) -> Merged:
+        """See `merge_pieces`."""
+        if acts is None:
+            acts = [0.0] * (len(self.owner) - start)
+        end = start + len(acts)
+        if start < 0 or end > len(self.owner):
+            raise ValueError(f"window {start}..{end} outside a sequence of {len(self.owner)} tokens")
+        texts = [""] * len(acts)
+        merged = [float(a) for a in acts]
+        group_of: dict[int, list[int]] = {}
+        for i in range(start, end):
+            group_of.setdefault(self.owner[i][0], []).append(i - start)
+        for first, members in group_of.items():
+            texts[members[0]] = self.owner[first][1]
+            top = max(merged[m] for m in members)
+            for m in members:
+                merged[m] = top
+        return Merged(texts, merged)
+
+
 def merge_pieces(byte_seqs: Sequence[bytes], acts: Sequence[float] | None = None, start: int = 0) -> Merged:
     """Decode the tokens `byte_seqs[start:start + len(acts)]` as text, merging byte tokens into characters.
 
     `byte_seqs` may be a whole context and `acts` cover only a window of it from `start`: characters are then
     assembled from the context's bytes, so a window that starts or ends inside a character still shows it
-    (on the window's first token of it). Without `acts`, the whole sequence with zero activations.
+    (on the window's first token of it). Without `acts`, the whole sequence with zero activations. (`Merger`
+    does the same for many windows over one sequence.)
     """
-    if acts is None:
-        acts = [0.0] * (len(byte_seqs) - start)
-    end = start + len(acts)
-    if start < 0 or end > len(byte_seqs):
-        raise ValueError(f"window {start}..{end} outside a sequence of {len(byte_seqs)} tokens")
-    owner = _owners(byte_seqs)  # token index → (first token of its group, group text)
-    texts = [""] * len(acts)
-    merged = [float(a) for a in acts]
-    group_of: dict[int, list[int]] = {}
-    for i in range(start, end):
-        first, _ = owner[i]
-        group_of.setdefault(first, []).append(i - start)
-    for first, members in group_of.items():
-        texts[members[0]] = owner[first][1]
-        top = max(float(acts[m]) for m in members)
-        for m in members:
-            merged[m] = top
-    return Merged(texts, merged)
+    return Merger(byte_seqs)(acts, start)
 
 
 def _owners(byte_seqs: Sequence[bytes]) -> list[tuple[int, str]]:
@@ -121,7 +141,6 @@ def _owners(byte_seqs: Sequence[bytes]) -> list[tuple[int, str]]:
             while k < len(data) and _is_continuation(data[k]):
                 k += 1
             data = data[k:]
-        if not pending:
             first, text = i, ""
         text += decoder.decode(data)
         pending = bool(decoder.getstate()[0])
@@ -143,8 +162,3 @@ def text_has_words(text: str | None, words: str | None) -> bool:
 @lru_cache(maxsize=64)
 def _word_pattern(words: str) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)" + re.escape(words) + r"(?!\w)", re.IGNORECASE)
-
-
-def merged_texts(byte_seqs: Sequence[bytes]) -> list[str]:
-    """The text of each token of a sequence after merging (see `merge_pieces`)."""
-    return merge_pieces(byte_seqs).texts

@@ -20,7 +20,7 @@ from featurescope.analysis.explain import Explainer, LocalChat, OpenAIChat, expl
 from featurescope.atomic import read_json, write_json
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, load_model
-from featurescope.store import FeatureStore, update_db
+from featurescope.store import FeatureStore, has_column, update_db
 
 PROGRESS_FORMAT = "featurescope.explanations"
 SAVE_EVERY = 10
@@ -84,7 +84,7 @@ def _write_labels(db: Path, labels: dict[str, Any]) -> None:
     rows = [(int(f), "llm", v["text"], v["score"], json.dumps(v["details"]), v.get("score_lower"))
             for f, v in labels.items()]
     with update_db(db) as con:
-        if any(r[1] == "score_lower" for r in con.execute("PRAGMA table_info(labels)")):
+        if has_column(con, "labels", "score_lower"):
             con.executemany("INSERT OR REPLACE INTO labels (feature, kind, text, score, details, score_lower) "
                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
         else:  # a version 1 database: no lower bounds

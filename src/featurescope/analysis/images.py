@@ -30,7 +30,7 @@ from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE
 from featurescope.store import FeatureStore, update_db
-from featurescope.tokentext import merge_pieces, token_bytes
+from featurescope.tokentext import Merger, token_bytes
 from featurescope.vision.db import ANALYSIS_SCHEMA, ANALYSIS_TABLES, insert, replace_tables
 from featurescope.vision.store import ImagePositions, image_records, is_multimodal, read_positions
 from featurescope.vision.store import thumbnail as store_thumbnail
@@ -157,10 +157,6 @@ def _grids(store: ActivationStore, sae: SAE, source: StoreBatches, top: TopConte
     return out
 
 
-def _token_bytes(tokenizer: Any, ids: set[int]) -> dict[int, bytes]:
-    return token_bytes(tokenizer, sorted(ids))
-
-
 def _text_rows(p1: _Pass1, source: StoreBatches, records: dict[int, dict[str, Any]], tokenizer: Any
                ) -> list[tuple[Any, ...]]:
     top = p1.texts
@@ -172,7 +168,8 @@ def _text_rows(p1: _Pass1, source: StoreBatches, records: dict[int, dict[str, An
     row_of = {int(c): j for j, c in enumerate(ctx_ids.tolist())}
     start = window_start(top.position.cpu(), T, W)
     used = {int(t) for t in tokens.flatten().tolist()}
-    raw = _token_bytes(tokenizer, used)
+    raw = token_bytes(tokenizer, sorted(used))
+    merger: dict[int, Merger] = {}  # per context: its byte tokens merged into characters, once
     rows = []
     for f, slots in enumerate(order.tolist()):
         rank = 0
@@ -181,8 +178,9 @@ def _text_rows(p1: _Pass1, source: StoreBatches, records: dict[int, dict[str, An
                 continue
             c, st = int(top.context[f, s]), int(start[f, s])
             length = min(W, int(records[c]["tokens"]) - st)
-            merged = merge_pieces([raw[i] for i in tokens[row_of[c]].tolist()],  # byte tokens as characters
-                                  top.acts[f, s, :length].float().cpu().tolist(), st)
+            if c not in merger:
+                merger[c] = Merger([raw[i] for i in tokens[row_of[c]].tolist()])
+            merged = merger[c](top.acts[f, s, :length].float().cpu().tolist(), st)
             acts = np.asarray(merged.acts, dtype="<f4").tobytes()
             rows.append((f, rank, float(top.value[f, s]), c, int(top.position[f, s]), st,
                          json.dumps(merged.texts, ensure_ascii=False), acts))

@@ -20,7 +20,7 @@ from featurescope.analysis.logit_effects import LogitEffects
 from featurescope.analysis.neighbours import Neighbours, unit_rows
 from featurescope.analysis.state import Accumulators
 from featurescope.store import create_db
-from featurescope.tokentext import merge_pieces, readable
+from featurescope.tokentext import is_whole, merge_pieces, readable
 
 LABEL_CHUNK = 512
 
@@ -131,6 +131,7 @@ def _label_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
     token_freq = acc.stats.token_counts.double() / max(acc.stats.rows, 1)
     out_ids = fin.logits.top_tokens
     texts = fin.display_texts()
+    raw = fin.token_bytes or {}
     for lo in range(0, d_sae, LABEL_CHUNK):
         hi = min(lo + LABEL_CHUNK, d_sae)
         top_ctx, top_pos = acc.top.context[lo:hi].cpu(), acc.top.position[lo:hi].cpu()
@@ -149,20 +150,11 @@ def _label_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
             args = (peaks[i][valid].tolist(), token_freq, out_ids[lo + i].tolist())
             windows = (q_win[i][held_out], neg_win[i][neg_ctx[i] != EMPTY])
             label = auto_label(*args, texts, *windows)
-            raw = fin.token_bytes or {}
-            byte_inputs = [t for t in label.details["input_tokens"] if t in raw and not _whole(raw[t])]
+            byte_inputs = [t for t in label.details["input_tokens"] if t in raw and not is_whole(raw[t])]
             if byte_inputs:  # a byte token at the peaks: name the character it is part of there
                 chars = _peak_characters(fin, top_ctx[i][valid], top_pos[i][valid], peaks[i][valid], byte_inputs)
                 label = auto_label(*args, {**texts, **chars}, *windows)
             yield (lo + i, "auto", label.text, label.score, json.dumps(label.details), label.score_lower)
-
-
-def _whole(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def _peak_characters(fin: Finished, ctx: Tensor, pos: Tensor, peaks: Tensor, byte_ids: list[int]) -> dict[int, str]:

@@ -15,6 +15,7 @@ fails too, 1× (the feature's own maximum, which it reaches in real text) is kep
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch import Tensor
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
-from featurescope.steering.generate import generation_kwargs
+from featurescope.steering.generate import decode, generation_kwargs
 from featurescope.steering.hook import SteeringHook, attach, check_compatible
 
 RULE_VERSION = 1
@@ -123,18 +124,10 @@ def generate_batch(model: LanguageModel, prompts: tuple[str, ...], max_new_token
         tok.padding_side = side
     ids = enc["input_ids"].to(model.device)
     kwargs = generation_kwargs(model, max_new_tokens=max_new_tokens, temperature=0.0)
-    with attach(model, hook, layer) if hook is not None else _nothing():
+    with attach(model, hook, layer) if hook is not None else contextlib.nullcontext():
         out = model.hf.generate(input_ids=ids, attention_mask=enc["attention_mask"].to(model.device), **kwargs)
     special = model.special_ids
     return [[t for t in row.tolist() if t not in special] for row in out[:, ids.shape[1]:]]
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _trial(model: LanguageModel, sae: SAE, layer: int, feature: int, m: float, top: float, cfg: CalibrationConfig,
@@ -143,12 +136,8 @@ def _trial(model: LanguageModel, sae: SAE, layer: int, feature: int, m: float, t
     ids = generate_batch(model, cfg.prompts, cfg.max_new_tokens, hook, layer)
     flu = [fluency(x) for x in ids]
     ok = all(is_fluent(f, b, cfg) for f, b in zip(flu, base_flu, strict=True))
-    texts = [_decode(model, x) for x in ids]
+    texts = [decode(model, x) for x in ids]
     return Trial(m, m * top, texts, flu, ok, ids != base_ids)
-
-
-def _decode(model: LanguageModel, ids: list[int]) -> str:
-    return model.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
 
 
 def _why_not(t: Trial, cfg: CalibrationConfig) -> str:
@@ -196,7 +185,7 @@ def calibrate_feature(model: LanguageModel, sae: SAE, feature: int, max_activati
                      else f"every multiple up to {cfg.multiples[-1]:g}x stays fluent"))
         if not chosen.changed:
             reason += "; it leaves the continuations unchanged"
-    baseline = [_decode(model, x) for x in base_ids]
+    baseline = [decode(model, x) for x in base_ids]
     return Calibration(feature, cfg.mode, multiple, multiple * max_activation, max_activation, reason, trials,
                        baseline)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -72,9 +72,10 @@ def run_generate(model: LanguageModel, ids: Tensor, kwargs: Mapping[str, Any], s
     return out[0, ids.shape[1]:]
 
 
-def decode(model: LanguageModel, ids: Tensor) -> str:
+def decode(model: LanguageModel, ids: Tensor | Sequence[int]) -> str:
     """Text of token ids, special tokens left out."""
-    return model.tokenizer.decode(ids.tolist(), skip_special_tokens=True)  # type: ignore[attr-defined]
+    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    return model.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
 
 
 def generate_pair(model: LanguageModel, hook: SteeringHook, layer: int, ids: Tensor, kwargs: Mapping[str, Any],

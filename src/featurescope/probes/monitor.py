@@ -30,7 +30,7 @@ from featurescope.probes import db as pdb
 from featurescope.probes.encode import decode_tokens, encode_texts
 from featurescope.probes.session import open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
-from featurescope.probes.stats import conformal_threshold, min_negatives, split_parts
+from featurescope.probes.stats import DEFAULT_CALIBRATION, conformal_threshold, min_negatives, split_parts
 from featurescope.sae import SAE
 from featurescope.terminal import dumps
 
@@ -95,13 +95,6 @@ def parse_line(line: str, fmt: str) -> tuple[str, Any]:
     return obj["text"], obj.get("id")
 
 
-def best_of_categories(rows: list[Any]) -> list[Any]:
-    """The row of highest held-out AUROC in each category (rows with `category` and `heldout_auroc`)."""
-    best: dict[str, Any] = {}
-    for r in rows:
-        if r.category not in best or r.heldout_auroc > best[r.category].heldout_auroc:
-            best[r.category] = r
-    return list(best.values())
 def _require_utf8(text: str, message: str) -> None:
     """Raise FeaturescopeError(message) if `text` cannot be written as UTF-8 (undecodable bytes read with
     errors="surrogateescape", or a lone surrogate from a JSON escape)."""
@@ -109,6 +102,15 @@ def _require_utf8(text: str, message: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise FeaturescopeError(message) from None
+
+
+def best_of_categories(rows: list[Any]) -> list[Any]:
+    """The row of highest held-out AUROC in each category (rows with `category` and `heldout_auroc`)."""
+    best: dict[str, Any] = {}
+    for r in rows:
+        if r.category not in best or r.heldout_auroc > best[r.category].heldout_auroc:
+            best[r.category] = r
+    return list(best.values())
 
 
 def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tuple[list[int], dict[int, str]]:
@@ -133,17 +135,18 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
     return list(cats), cats
 
 
-DEFAULT_CALIBRATION = 0.3
-"""The calibration fraction of `featurescope probe` (used when no probe run is stored)."""
-
-
 def calibration_parts(meta: dict[str, Any], *, chosen_by_probe: bool) -> tuple[float, float, int]:
     """(heldout, calibration, seed) of the stored probe run's split (defaults when there is none); a run of an
     older version, which had no calibration part, cannot calibrate the features it chose itself."""
     if meta and "calibration" not in meta and chosen_by_probe:
         raise FeaturescopeError("the stored probe run predates the calibration part (its held-out texts chose the "
                                 "features): re-run `featurescope probe`, or give --features")
-    calibration = float(meta.get("calibration", DEFAULT_CALIBRATION)) or DEFAULT_CALIBRATION
+    calibration = float(meta.get("calibration", DEFAULT_CALIBRATION))
+    if calibration == 0:
+        if chosen_by_probe:
+            raise FeaturescopeError("the stored probe run set no texts aside for calibration (--calibration 0): "
+                                    "re-run `featurescope probe` with --calibration above 0, or give --features")
+        calibration = DEFAULT_CALIBRATION  # features chosen by the user: any part of the texts can calibrate
     return float(meta.get("heldout", 0.5)), calibration, int(meta.get("seed", 0))
 
 

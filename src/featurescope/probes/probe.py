@@ -21,7 +21,7 @@ from featurescope.probes.encode import EncodedTexts, decode_tokens, encode_texts
 from featurescope.probes.selection import CategoryResult, rank_category
 from featurescope.probes.session import Session, best_labels, open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
-from featurescope.probes.stats import Split, split_parts
+from featurescope.probes.stats import DEFAULT_CALIBRATION, Split, split_parts
 from featurescope.probes.suppress import Suppression, control_features, suppression_effect, text_nll
 from featurescope.sae import SAE
 
@@ -40,8 +40,8 @@ class ProbeConfig:
     model: str = option("", "model (default: the one the database records)")
     heldout: float = option(0.5, "fraction of the matched groups (after --calibration) held out to validate the "
                                  "features found")
-    calibration: float = option(0.3, "fraction of the matched groups set aside, unseen here, to calibrate "
-                                     "`featurescope monitor`'s threshold")
+    calibration: float = option(DEFAULT_CALIBRATION, "fraction of the matched groups set aside, unseen here, to "
+                                                     "calibrate `featurescope monitor`'s threshold")
     candidates: int = option(10, "best features on the discovery half that are tested on the held-out half")
     min_auroc: float = option(0.7, "held-out AUROC a feature needs to be reported")
     alpha: float = option(0.05, "level of the held-out permutation test (Bonferroni over the candidates)")

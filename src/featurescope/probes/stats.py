@@ -150,6 +150,10 @@ def split_groups(groups: np.ndarray, labels: np.ndarray, heldout: float, seed: i
     return Split(~mask, mask)
 
 
+DEFAULT_CALIBRATION = 0.3
+"""The calibration fraction of `featurescope probe` (the monitor's when no probe run is stored)."""
+
+
 class Parts(NamedTuple):
     """Boolean masks over the items: discovery, held-out validation, and monitor calibration (disjoint)."""
 

@@ -154,7 +154,9 @@ class ModelBatches:
             acts = resid[mask.to(resid.device)].float()
             yield Batch(torch.arange(first, first + keep), tokens, mask, length, acts)
             budget -= int(mask.sum())
-            first += len(ctxs)
+            first += reach
+            if reach < len(ctxs):  # contexts the model did not run on come first in the next batch
+                stream = itertools.chain(ctxs[reach:], stream)
 
     def fetch_tokens(self, ids: Tensor) -> Tensor:
         """Token ids [len(ids), T] of contexts `ids` (sorted, unique), by re-tokenising the corpus."""

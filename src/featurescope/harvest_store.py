@@ -23,7 +23,7 @@ from featurescope.heldout import DEFAULT_HELDOUT
 from featurescope.model_cache import DEFAULT_LAYERS
 from featurescope.models import LanguageModel, load_model
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
-from featurescope.ownership import refuse_foreign, safetensors_format
+from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
 
 # Settings that must match for a rerun to continue an existing store.
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
@@ -150,9 +150,9 @@ def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, 
     return old
 
 
-def _ours(out: Path, keep: set[str]) -> Callable[[Path], bool]:
-    """Whether an entry of the store `out` was written by a harvest: the manifest, a file it records,
-    a shard whose safetensors metadata names our format, or an unfinished atomic write of one of them."""
+def _ours(keep: set[str]) -> Callable[[Path], bool]:
+    """Whether an entry of a store folder was written by a harvest: the manifest, a file in `keep` (those it
+    records), a shard whose safetensors metadata names our format, or an unfinished atomic write of one of them."""
     def check(p: Path) -> bool:
         if not p.is_file():
             return False
@@ -164,16 +164,11 @@ def _ours(out: Path, keep: set[str]) -> Callable[[Path], bool]:
     return check
 
 
-def _is_store_manifest(out: Path) -> bool:
-    return (out / MANIFEST).is_file() and isinstance(m := read_json(out / MANIFEST), dict) and \
-        m.get("format") == STORE_FORMAT
-
-
 def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
     """Delete shard files the manifest does not record (a run killed between a shard and its manifest):
     only those whose content shows a harvest wrote them."""
     keep = {s["file"] for s in manifest["shards"]}
-    ours = _ours(out, set())
+    ours = _ours(set())
     for f in itertools.chain(out.glob("shard-*.safetensors"), out.glob(".shard-*.tmp"), out.glob(f".{MANIFEST}.*")):
         if f.name not in keep and ours(f):
             f.unlink(missing_ok=True)
@@ -212,11 +207,11 @@ def clear_store(cfg: HarvestConfig, out: Path) -> None:
     manifest is not a store's, or that holds other files too, is refused with nothing deleted."""
     if not (cfg.overwrite and (out / MANIFEST).exists()):
         return
-    if not _is_store_manifest(out):
+    manifest = manifest_of(out / MANIFEST, STORE_FORMAT)
+    if manifest is None:
         raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; "
                                 "--overwrite deletes only a store; choose another --out")
-    keep = {str(s.get("file")) for s in read_json(out / MANIFEST).get("shards", []) if isinstance(s, dict)}
-    ours = _ours(out, keep)
+    ours = _ours({str(s.get("file")) for s in manifest.get("shards", []) if isinstance(s, dict)})
     refuse_foreign(out, ours, "an activation store's")
     for f in sorted(out.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
         if ours(f):
@@ -259,45 +254,40 @@ def add_shard(manifest: dict[str, Any], record: dict[str, Any]) -> None:
 
 
 def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budget: int, cfg: HarvestConfig,
-                  special: torch.Tensor, heldout: list[bool] | None = None
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+                  special: torch.Tensor, heldout: list[bool]) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
     """Run the model over one shard's contexts (`heldout` flags each); keep at most `budget` positions that are
     neither special nor outliers (`featurescope.outliers`)."""
     tokens = torch.tensor(ctxs, dtype=torch.long)
-    mask = ~torch.isin(tokens, special)
+    mask = ~torch.isin(tokens, special)  # becomes the stored mask: which positions are rows
     stats: dict[str, Any] = {"rows": 0, "sum_norm": 0.0, "excluded_positions": 0, "excluded_sum_norm": 0.0}
     acts = []
-    remaining, cut, n_ctx = budget, False, 0
+    remaining, cut = budget, False
     for s in range(0, len(ctxs), cfg.batch_size):
         if remaining <= 0:  # the budget is spent: later contexts are not stored (the shard is partial)
             cut |= bool(mask[s:].any())
             mask[s:] = False
             break
-        ids, m = tokens[s : s + cfg.batch_size], mask[s : s + cfg.batch_size]
-        resid = model.residual(ids, layer).float().cpu()
+        m = mask[s : s + cfg.batch_size]  # a view of `mask`
+        resid = model.residual(tokens[s : s + cfg.batch_size], layer).float().cpu()
         norms = resid.norm(dim=-1)
-        outliers = outlier_positions(norms, ~torch.isin(ids, special), cfg.max_norm_ratio)
-        m &= ~outliers  # a view of `mask`: the stored mask says which positions are rows
+        m &= ~outlier_positions(norms, m, cfg.max_norm_ratio)
+        excluded = ~m  # special or outlier
         over = m & (torch.cumsum(m.flatten().long(), 0).view_as(m) > remaining)  # the budget, after outliers
-        cut |= bool(over.any())
-        m &= ~over
-        kept = resid[m]
-        excluded = torch.isin(ids, special) | outliers
         if bool(over.any()):  # contexts after the cut's last row are not stored: nothing of theirs is counted
-            last = int(m.any(dim=1).nonzero().max()) + 1 if bool(m.any()) else 0
-            excluded[last:] = False
+            cut = True
+            m &= ~over
+            excluded[int(m.any(dim=1).nonzero().max()) + 1 :] = False
         stats["rows"] += int(m.sum())
         stats["sum_norm"] += float(norms[m].sum())
         stats["excluded_positions"] += int(excluded.sum())
         stats["excluded_sum_norm"] += float(norms[excluded].sum())
-        acts.append(kept.to(DTYPES[cfg.dtype]))
+        acts.append(resid[m].to(DTYPES[cfg.dtype]))
         remaining -= int(m.sum())
-    if mask.any():
-        n_ctx = int(mask.any(dim=1).nonzero().max()) + 1
+    n_ctx = int(mask.any(dim=1).nonzero().max()) + 1 if bool(mask.any()) else 0
     tensors = {
         "acts": torch.cat(acts) if acts else torch.zeros(0, model.d_model, dtype=DTYPES[cfg.dtype]),
         "tokens": tokens[:n_ctx].to(torch.int32),
         "mask": mask[:n_ctx].to(torch.uint8),
-        "heldout": torch.tensor(heldout or [False] * len(ctxs), dtype=torch.uint8)[:n_ctx],
+        "heldout": torch.tensor(heldout, dtype=torch.uint8)[:n_ctx],
     }
     return tensors, stats, cut

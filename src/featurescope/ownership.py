@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError
 
 
@@ -22,6 +24,15 @@ def safetensors_format(path: Path) -> str | None:
             return (f.metadata() or {}).get("format")
     except Exception:  # any unreadable or foreign file is simply not ours
         return None
+
+
+def manifest_of(path: Path, fmt: str) -> dict[str, Any] | None:
+    """The JSON object in `path` if it is a file whose "format" is `fmt`, else None (malformed JSON raises
+    FeaturescopeError)."""
+    if not path.is_file():
+        return None
+    m = read_json(path)
+    return m if isinstance(m, dict) and m.get("format") == fmt else None
 
 
 def foreign_entries(folder: Path, is_ours: Callable[[Path], bool]) -> list[str]:

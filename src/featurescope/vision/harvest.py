@@ -28,7 +28,7 @@ from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSI
 from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
-from featurescope.ownership import refuse_foreign, safetensors_format
+from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
 from featurescope.vision.inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
 from featurescope.vision.models import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.vision.store import (
@@ -159,8 +159,7 @@ def _check_owned(out: Path, everything: bool) -> None:
     `everything` (--overwrite): a foreign manifest or any file a harvest did not write)."""
     if not out.is_dir() or not any(out.iterdir()):
         return
-    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else None
-    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+    if manifest_of(out / MANIFEST, STORE_FORMAT) is None:
         raise FeaturescopeError(f"{out}: folder is not empty and holds no activation store; nothing was changed — "
                                 "choose an empty or new --out")
     if everything:

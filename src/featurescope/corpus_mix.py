@@ -68,8 +68,8 @@ class StdlibSource(TextSource):
         self.name, self.licence = "python-stdlib", PYTHON_LICENCE
 
     def documents(self) -> Iterator[Document]:
-        files = stdlib_files(self.root)
         base = Path(sysconfig.get_paths()["stdlib"]) if self.root is None else self.root
+        files = stdlib_files(base)
         for i in np.random.default_rng(self.seed).permutation(len(files)):
             try:
                 text = files[i].read_text(encoding="utf-8")

@@ -143,21 +143,19 @@ def _store_contexts(source: ActivationSource, n: int, split: str) -> Tensor | No
     (None for sources without token ids)."""
     if not isinstance(source, ActivationStore):
         return None
+    heldout = split == "heldout"
     out: list[Tensor] = []
     got = 0
-    order = range(len(source.shards)) if split == "heldout" else reversed(range(len(source.shards)))
-    for i in order:
+    for i in range(len(source.shards)) if heldout else reversed(range(len(source.shards))):
         data = source.read_shard(i)
-        ids = data.tokens.long()[data.heldout == (split == "heldout")]
-        if split == "heldout":
-            out.append(ids)
-        else:
-            out.insert(0, ids)
-        got += len(ids)
+        out.append(data.tokens.long()[data.heldout == heldout])
+        got += len(out[-1])
         if got >= n:
             break
-    ids = torch.cat(out) if out else torch.zeros(0, int(source.manifest["ctx_len"]), dtype=torch.long)
-    return ids[:n] if split == "heldout" else ids[-n:]
+    if not heldout:
+        out.reverse()
+    ids = torch.cat(out)  # a store has at least one shard
+    return ids[:n] if heldout else ids[-n:]
 
 
 class EvalResult(NamedTuple):
@@ -216,10 +214,10 @@ def _open_split(path: str, split: str, notes: list[str]) -> tuple[ActivationSour
     no held-out part; the split actually read."""
     if split not in ("heldout", "train"):
         raise FeaturescopeError(f"unknown split {split!r}; choose heldout or train")
-    whole = open_source(path)
     if split == "train":
         notes.append("asked for training rows (--split train): these figures are in-sample")
         return open_source(path, "train"), "train"
+    whole = open_source(path)
     if whole.heldout_rows == 0:
         notes.append(f"{path} has no held-out part (harvested with --heldout 0, by store version 1, or a .npy "
                      "under 20 rows): measuring on training rows, so these figures are in-sample")
@@ -274,8 +272,6 @@ def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | 
                 ce_source = f"{len(ids)} {kind} contexts of the store"
                 if len(ids) < cfg.ce_contexts:
                     notes.append(f"the store holds only {len(ids)} {kind} contexts (asked for {cfg.ce_contexts})")
-            if len(ids) == 0:
-                raise FeaturescopeError("no contexts for CE loss recovered (empty corpus?)")
             sae = sae.to(model.device)
             ce = ce_metrics(model, sae, layer, ids, batch_size=cfg.batch_size, progress=progress)
             if cfg.ood_corpus:

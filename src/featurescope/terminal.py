@@ -2,7 +2,7 @@
 
 A corpus line or a label can hold ESC sequences (clear the screen, set the window title, write the
 clipboard with OSC 52); rich strips BEL but not ESC. Everything the CLI prints of such text goes
-through `clean`, `clean_data`, `console()` or `dumps`.
+through `clean`, `SafeConsole` or `dumps`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,6 @@ def clean(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
-def clean_data(obj: Any) -> Any:
-    """`obj` with `clean` applied to every string inside it (NamedTuples, lists, tuples, dicts)."""
-    if isinstance(obj, str):
-        return clean(obj)
-    if hasattr(obj, "_asdict") and isinstance(obj, tuple):
-        return type(obj)(*(clean_data(v) for v in obj))
-    if isinstance(obj, list):
-        return [clean_data(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(clean_data(v) for v in obj)
-    if isinstance(obj, dict):
-        return {clean_data(k): clean_data(v) for k, v in obj.items()}
-    return obj
-
-
 def dumps(obj: Any, **kwargs: Any) -> str:
     """`json.dumps(obj, ensure_ascii=False, **kwargs)` with every control character \\u-escaped, so the
     data is unchanged for a JSON reader and nothing reaches a terminal raw."""
@@ -56,7 +41,3 @@ class SafeConsole(Console):
         return super()._render_buffer(
             seg if seg.control else Segment(clean(seg.text), seg.style, seg.control) for seg in buffer)
 
-
-def console(**kwargs: Any) -> Console:
-    """A `SafeConsole` (same arguments as rich's Console)."""
-    return SafeConsole(**kwargs)

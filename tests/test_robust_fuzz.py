@@ -12,9 +12,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from cli_helpers import run_main
 from explorer_helpers import build_db
 from featurescope.activations import ActivationStore
-from featurescope.cli import main
 from featurescope.errors import FeaturescopeError
 from featurescope.probes.monitor import parse_line
 from featurescope.sae import SAE, SAEConfig
@@ -41,16 +41,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = int(e.code)
-    err = capsys.readouterr().err
-    return code, err
-
-
-def _assert_clean(code: int, err: str) -> None:
+def _assert_clean(code: int, _out: str, err: str) -> None:
     assert code in (0, 2), (code, err)
     if code == 2:
         assert err.count("\n") == 1 and err.startswith("featurescope: error:"), err
@@ -74,8 +65,8 @@ def test_fuzz_sae_folders(capsys, tmp_path, user_file):
         shutil.copytree(good, bad)
         victim = bad / rng.choice(["cfg.json", "sae.safetensors"])
         victim.write_bytes(_mutate(victim.read_bytes(), rng))
-        _assert_clean(*_cli(capsys, "info", str(bad)))
-        _assert_clean(*_cli(capsys, "export", str(bad), "--format", "saelens", "--out", str(tmp_path / f"e{i}")))
+        _assert_clean(*run_main(capsys, "info", str(bad)))
+        _assert_clean(*run_main(capsys, "export", str(bad), "--format", "saelens", "--out", str(tmp_path / f"e{i}")))
 
 
 def test_fuzz_activation_stores(capsys, tmp_path, user_file):
@@ -87,7 +78,7 @@ def test_fuzz_activation_stores(capsys, tmp_path, user_file):
         shutil.copytree(good, bad)
         victim = rng.choice(sorted(bad.iterdir()))
         victim.write_bytes(_mutate(victim.read_bytes(), rng))
-        _assert_clean(*_cli(capsys, "info", str(bad)))
+        _assert_clean(*run_main(capsys, "info", str(bad)))
         try:
             store = ActivationStore(bad)
             torch.cat(list(store.batches(16, seed=0)))
@@ -103,7 +94,7 @@ def test_fuzz_feature_databases(capsys, gemma, tmp_path_factory, tmp_path, user_
         bad = tmp_path / f"bad{i}.db"
         bad.write_bytes(_mutate(data, rng))
         for args in (["top"], ["feature", "3"], ["neighbors", "3"], ["search", "--label", "a"]):
-            _assert_clean(*_cli(capsys, args[0], str(bad), *args[1:]))
+            _assert_clean(*run_main(capsys, args[0], str(bad), *args[1:]))
 
 
 def test_fuzz_monitor_lines():

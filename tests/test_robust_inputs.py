@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 
+from cli_helpers import run_main
 from explorer_helpers import build_db
-from featurescope.cli import main
 from featurescope.errors import FeaturescopeError
 from featurescope.probes.monitor import parse_line
 from featurescope.terminal import clean, dumps
@@ -34,15 +34,6 @@ def dbs(gemma, tmp_path_factory):
     return built.db, hostile, int(feature)
 
 
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = int(e.code)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_clean_removes_controls_and_dumps_escapes_them():
     assert clean(f"a{ESCAPES}b\tc\nd") == "a[2J]52;c;aGVsbG8=\\]0;pwned31mb\tc\nd"
     text = dumps({"t": ESCAPES})
@@ -54,7 +45,7 @@ def test_cli_never_prints_escape_codes(capsys, dbs):
     for args in (["top", "--by", "id", "-n", "300"], ["feature", str(feature)], ["neighbors", str(feature)],
                  ["search", "--label", "label"]):
         for extra in ([], ["--json"]):
-            code, out, err = _run(capsys, *args[:1], str(hostile), *args[1:], *extra)
+            code, out, err = run_main(capsys, *args[:1], str(hostile), *args[1:], *extra)
             assert code == 0, err
             assert not set(out + err) & {"\x1b", "\x9b", "\x07"}, (args, extra)
             assert "label" in out or "neighbors" in args
@@ -75,7 +66,7 @@ def test_damaged_database_is_one_line_and_exit_2(capsys, dbs, tmp_path, kind):
     bad = tmp_path / "bad.db"
     bad.write_bytes(CORRUPTIONS[kind](good.read_bytes()))
     for args in (["top"], ["feature", "1"], ["search", "--label", "x"], ["neighbors", "1"]):
-        code, out, err = _run(capsys, args[0], str(bad), *args[1:])
+        code, out, err = run_main(capsys, args[0], str(bad), *args[1:])
         assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("featurescope: error:"), (args, err)
 
 
@@ -84,7 +75,7 @@ def test_dropped_table_is_reported(capsys, dbs, tmp_path):
     shutil.copy(dbs[0], bad)
     with sqlite3.connect(bad) as con:
         con.execute("DROP TABLE neighbours")
-    code, _, err = _run(capsys, "neighbors", str(bad), "1")
+    code, _, err = run_main(capsys, "neighbors", str(bad), "1")
     assert code == 2 and "lacks tables neighbours" in err
 
 
@@ -101,7 +92,7 @@ def test_monitor_rejects_undecodable_lines(line):
                                   ["steer", "--prompt", "x", "--feature", "0", "--clamp=-2e6x"],
                                   ["steer-sweep", "--prompt", "x", "--feature", "0", "--multiples", "1,1e7"]])
 def test_steer_values_are_bounded_like_the_server(capsys, tmp_path, args):
-    code, out, err = _run(capsys, *args, "--sae", str(tmp_path / "no-sae"))
+    code, out, err = run_main(capsys, *args, "--sae", str(tmp_path / "no-sae"))
     assert code == 2 and out == "" and "too large (at most 1e+06" in err, err
 
 

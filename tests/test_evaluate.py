@@ -60,6 +60,15 @@ def test_ce_loss_recovered_is_one_for_exact_and_zero_for_zero_sae(gemma, small_s
     assert zero.ce_clean == pytest.approx(exact.ce_clean) and zero.ce_zero == pytest.approx(exact.ce_zero)
 
 
+def test_next_token_nll_matches_the_full_logits(gemma, small_store):
+    ids = ActivationStore(small_store).read_shard(0).tokens.long()[:2, :40]
+    logits = gemma.logits(ids)[:, :-1].float()
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    got = gemma.next_token_nll(ids, chunk=7)  # chunks that do not divide the 78 positions
+    assert got.shape == (2, 39)
+    torch.testing.assert_close(got.flatten(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_evaluate_on_store_and_mismatches(gemma, small_store, tmp_path):
     sae_dir = _exact_relu_sae(640).save(tmp_path / "exact")
     result = evaluate(EvalConfig(sae=str(sae_dir), activations=str(small_store), ce_contexts=2), model=gemma,

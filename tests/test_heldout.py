@@ -99,13 +99,13 @@ def test_npy_holds_out_its_last_twentieth(tmp_path):
 def test_eval_defaults_to_heldout_and_labels_in_sample(split_store, gemma, tmp_path):
     sae_dir = _exact_relu_sae(640).save(tmp_path / "exact")
     held = ActivationStore(split_store).heldout_rows
-    r = evaluate(EvalConfig(sae=str(sae_dir), activations=str(split_store), ce_contexts=2), model=gemma,
-                 progress=False)
+    r = evaluate(EvalConfig(sae=str(sae_dir), activations=str(split_store), ce_contexts=2, ood_contexts=1),
+                 model=gemma, progress=False)
     assert r.split == "heldout" and not r.in_sample and not r.notes
     assert r.reconstruction.rows == held and r.reconstruction.fvu < 1e-4
     assert r.ce.tokens == 2 * 127 and r.ce.loss_recovered == pytest.approx(1.0, abs=1e-3)
     assert r.ood_ce is not None and r.ood_corpus == "probe-texts"
-    assert r.ood_ce.loss_recovered == pytest.approx(1.0, abs=1e-3) and r.ood_ce.tokens == 2 * 127
+    assert r.ood_ce.loss_recovered == pytest.approx(1.0, abs=1e-3) and r.ood_ce.tokens == 127
     d = r.as_dict()
     assert d["ood_loss_recovered"] == r.ood_ce.loss_recovered and "held-out" in d["measured_on"]["dead_fraction"]
     assert "held-out contexts" in d["measured_on"]["loss_recovered"]

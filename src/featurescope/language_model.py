@@ -60,6 +60,17 @@ class Capture:
             raise StopForward
 
 
+class _CaptureInput:
+    """Forward pre-hook that records a module's first input and ends the forward pass."""
+
+    def __init__(self) -> None:
+        self.input: Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[object, ...]) -> None:
+        self.input = args[0]  # type: ignore[assignment]
+        raise StopForward
+
+
 class _Replace:
     """Forward hook that passes a block's output hidden states through `edit` and returns the result."""
 
@@ -205,6 +216,54 @@ class LanguageModel:
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Full forward pass: next-token logits [batch, seq, vocab]."""
         return self.hf(**self._inputs(input_ids, attention_mask), use_cache=False).logits
+
+    @torch.inference_mode()
+    def head_input(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """What the unembedding reads (the final-normed residual), [batch, seq, d_model]; the head never runs."""
+        head = self.hf.get_output_embeddings()
+        if head is None or self.logit_transform_unknown:
+            raise FeaturescopeError(f"{self.name}: cannot split the unembedding from the forward pass")
+        capture = _CaptureInput()
+        handle = head.register_forward_pre_hook(capture)
+        try:
+            self.hf(**self._inputs(input_ids, attention_mask), use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        if capture.input is None:
+            raise FeaturescopeError(f"the unembedding of {self.name} did not run")
+        return capture.input
+
+    @property
+    def logit_transform_unknown(self) -> bool:
+        """True for configs that rescale logits in ways `head_logits` does not reproduce."""
+        return any(getattr(self.config, k, None) not in (None, 1, 1.0) for k in ("logit_scale", "logits_scaling"))
+
+    @torch.inference_mode()
+    def head_logits(self, hidden: Tensor) -> Tensor:
+        """Logits of `head_input` rows, with the model's final soft-capping (as its own forward computes them)."""
+        logits = self.hf.get_output_embeddings()(hidden)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.inference_mode()
+    def next_token_nll(self, input_ids: Tensor, chunk: int = 256) -> Tensor:
+        """−log p(token t+1 | tokens ≤ t) for every position but the last, [batch, seq − 1] float32.
+
+        The [positions × vocab] logits are made `chunk` positions at a time and never kept: with a 262k-token
+        vocabulary the whole batch's float32 logits and their log-softmax would be gigabytes.
+        """
+        if self.logit_transform_unknown:
+            logp = torch.log_softmax(self.logits(input_ids)[:, :-1].float(), dim=-1)
+            return -logp.gather(-1, input_ids[:, 1:, None].to(logp.device)).squeeze(-1)
+        h = self.head_input(input_ids)[:, :-1].flatten(0, 1)
+        targets = input_ids[:, 1:].flatten().to(h.device)
+        out = torch.empty(len(h), dtype=torch.float32, device=h.device)
+        for s in range(0, len(h), chunk):
+            logits = self.head_logits(h[s : s + chunk]).float()
+            out[s : s + chunk] = torch.logsumexp(logits, -1) - logits.gather(-1, targets[s : s + chunk, None])[:, 0]
+        return out.view(input_ids.shape[0], -1)
 
     @contextmanager
     def splice(self, layer: int, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:

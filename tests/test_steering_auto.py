@@ -135,3 +135,9 @@ def test_explorer_steer_api_uses_auto_by_default(gemma, tmp_path, monkeypatch):
         assert again["auto"]["2"]["multiple"] == 1.0
         fixed = client.post("/api/steer", json={**body, "features": [{"feature": 2, "value": "2x"}]}).json()
         assert fixed["values"]["2"] == pytest.approx(200.0) and fixed["auto"] == {}
+        columns = [[{"feature": 2}], [{"feature": 2, "value": "2x"}]]
+        stream = client.post("/api/steer/stream", json={"prompt": PROMPT, "max_new_tokens": 2, "columns": columns})
+        start = json.loads(stream.text.splitlines()[0])
+        assert [c["auto"] for c in start["columns"]][::2] == [{}, {}]  # the baseline and the fixed 2x column
+        assert start["columns"][1]["auto"]["2"]["multiple"] == 1.0
+        assert "1000x degenerates" in start["columns"][1]["auto"]["2"]["reason"]

@@ -43,7 +43,7 @@ def _columns(values: list[dict[int, Any]], auto: dict[int, Any], body: schemas.S
     chosen multiple."""
     from featurescope.steering.hook import make_hook
 
-    columns = [generation.Column("baseline", None, {})]
+    columns = [generation.Column("baseline", None, {}, {})]
     layer = int(live.sae.cfg.layer) if live.sae.cfg.layer is not None else -1
     for run, given in zip(body.columns, values, strict=True):
         chosen = _with_auto(given, {i: auto[i] for i, v in given.items() if v.auto})
@@ -51,14 +51,16 @@ def _columns(values: list[dict[int, Any]], auto: dict[int, Any], body: schemas.S
         absolute = {i: finite(v) or 0.0 for i, v in zip(hook.features, hook.values.tolist(), strict=True)}
         title = ", ".join(f"#{f.feature} {f.value}" + (f" (= {chosen[f.feature]})" if given[f.feature].auto else "")
                           for f in run)
-        columns.append(generation.Column(title, hook, absolute))
+        why = {i: {"multiple": auto[i].multiple, "reason": auto[i].reason} for i, v in given.items() if v.auto}
+        columns.append(generation.Column(title, hook, absolute, why))
     return columns, layer
 
 
 async def _events(job: generation.Job) -> AsyncIterator[str]:
     try:
         yield json.dumps({"event": "start", "job": job.id, "prompt": job.prompt,
-                          "columns": [{"title": c.title, "values": c.values} for c in job.columns]}) + "\n"
+                          "columns": [{"title": c.title, "values": c.values, "auto": c.auto}
+                                                  for c in job.columns]}) + "\n"
         while True:
             event = await anyio.to_thread.run_sync(job.next_event, 0.25)
             if event is None:

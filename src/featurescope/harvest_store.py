@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.analysis.search import load_for_store
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import ActivationStore, open_source
 from featurescope.analysis.accumulate import Codes, encode_batch, lookup, make_codes
 from featurescope.analysis.contexts import EMPTY, TopContexts, window_start

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import ActivationStore, open_source
 from featurescope.analysis import state
 from featurescope.analysis.accumulate import encode_batch, reconstruct

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.cli_args import option
 from featurescope.models import LanguageModel
 from featurescope.probes import db as pdb

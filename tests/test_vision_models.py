@@ -72,10 +72,10 @@ def test_harvest_train_analyse(model, tmp_path):
     from fastapi.testclient import TestClient
 
     from featurescope.analysis import AnalyzeConfig, analyze
+    from featurescope.featuredb.core import FeatureStore
+    from featurescope.featuredb.images import feature_images
     from featurescope.server.app import create_app
-    from featurescope.store import FeatureStore
     from featurescope.train import TrainConfig, train
-    from featurescope.vision.db import feature_images
 
     images = write_images(tmp_path / "images", ("chelsea", "coffee"))
     acts = tmp_path / "acts"

@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FeaturescopeError as e:
         print(f"featurescope: error: {clean(str(e))}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.db_check)
+    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.featuredb.check)
         print(f"featurescope: error: a database is damaged ({clean(str(e))}); rebuild it", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,10 +25,10 @@ from featurescope._version import __version__
 from featurescope.analysis.search import load_for_store
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore, update_db
+from featurescope.featuredb.images import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
 from featurescope.models import LanguageModel, default_device
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore, update_db
-from featurescope.vision.db import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
 from featurescope.vision.encode import encode_image
 from featurescope.vision.inputs import list_items, thumbnail
 from featurescope.vision.models import as_vision_model

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from featurescope import checkpoint
 from featurescope.activations import ActivationSource, open_source
 from featurescope.atomic import read_json, write_json
+from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.parallel import LOCAL, Parallel
@@ -47,7 +48,6 @@ from featurescope.train_setup import (
     default_lr,
     input_scale,
     param_groups,
-    pick_device,
 )
 
 __all__ = ["Plan", "TrainConfig", "TrainResult", "plan", "train"]

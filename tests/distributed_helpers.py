@@ -131,7 +131,7 @@ _MODELS: dict[str, Any] = {}
 
 def _harvest(job: dict[str, Any], rank: int) -> None:
     import featurescope.harvest as hv
-    import featurescope.harvest_store as hs
+    import featurescope.harvest.writer as hs
     from featurescope.models import load_model
 
     cfg = hv.HarvestConfig(**job["cfg"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from featurescope.errors import FeaturescopeError
-from featurescope.vision.harvest import ImageHarvestConfig, harvest_images
+from featurescope.harvest.images import ImageHarvestConfig, harvest_images
 from vision_helpers import sample_image, smolvlm, write_images
 
 

@@ -50,8 +50,8 @@ def run(tmp_path_factory):
     from PIL import Image
 
     from featurescope.analysis import AnalyzeConfig, analyze
+    from featurescope.harvest.images import ImageHarvestConfig, harvest_images
     from featurescope.train import TrainConfig, train
-    from featurescope.vision.harvest import ImageHarvestConfig, harvest_images
 
     base = tmp_path_factory.mktemp("vision")
     model = vision_model("gemma3")

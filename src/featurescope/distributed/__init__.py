@@ -5,7 +5,6 @@
 - `feature_shard`: feature sharding (each rank holds a slice of the features) for very wide SAEs.
 - `topk`: global top-k selections over candidates spread across ranks.
 - `shard_io`: one ordinary safetensors file written by rank 0 from every rank's rows.
-- `harvest_shard`: harvest with each rank running the model over its own shards of the corpus.
 - `launch`: `--distributed N` starts N local ranks (torchrun --standalone).
 
 A single-process run imports only `world` (to see whether it was launched as a rank).

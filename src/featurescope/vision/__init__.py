@@ -1,6 +1,6 @@
-"""Vision-language models: loading, image inputs, image harvest with patch bookkeeping.
+"""Vision-language models: loading, image inputs, the image part of activation stores.
 
 `models` loads image-text-to-text models; `layout` maps image tokens to patches; `inputs` reads and fits
-images; `harvest` writes image stores; `store` reads their image part; `encode` runs one
+images; `store` reads the image part of a store (`featurescope.harvest.images` writes them); `encode` runs one
 image through model + SAE; `steer` generates given an image (docs/multimodal.md).
 """

@@ -19,7 +19,7 @@ from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.corpus import TextSource, open_corpus
 from featurescope.errors import FeaturescopeError
-from featurescope.heldout import DEFAULT_HELDOUT
+from featurescope.harvest.heldout import DEFAULT_HELDOUT
 from featurescope.model_cache import DEFAULT_LAYERS
 from featurescope.models import LanguageModel, load_model
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions

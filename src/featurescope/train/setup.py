@@ -1,4 +1,4 @@
-"""Defaults, validation and small helpers of `featurescope.train` (kept apart so the loop stays short)."""
+"""Defaults, validation and small helpers of the training loop (`loop`), kept apart so the loop stays short."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from featurescope.sae import SAE
 from featurescope.sae.config import ARCHITECTURES
 
 if TYPE_CHECKING:
-    from featurescope.train_config import Plan, TrainConfig
+    from featurescope.train.config import Plan, TrainConfig
 
 ADAM: dict[str, tuple[tuple[float, float], float]] = {
     "relu": ((0.9, 0.999), 1e-8),  # Anthropic

@@ -116,7 +116,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from featurescope.corpus import NAMED_CORPORA
-    from featurescope.model_cache import BUILTIN_MODELS
+    from featurescope.models.cache import BUILTIN_MODELS
 
     table = BUILTIN_MODELS if args.command == "models" else NAMED_CORPORA
     for name, about in table.items():

@@ -20,8 +20,8 @@ from featurescope.cli_args import option
 from featurescope.corpus import TextSource, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.harvest.heldout import DEFAULT_HELDOUT
-from featurescope.model_cache import DEFAULT_LAYERS
 from featurescope.models import LanguageModel, load_model
+from featurescope.models.cache import DEFAULT_LAYERS
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
 

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
-from featurescope.language_model import LanguageModel, default_device, resolve_dtype
-from featurescope.model_cache import BUILTIN_MODELS
+from featurescope.models.cache import BUILTIN_MODELS
+from featurescope.models.image_layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
+from featurescope.models.language import LanguageModel, default_device, resolve_dtype
 from featurescope.vision.inputs import Limit
-from featurescope.vision.layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
 
 EXAMPLE_MODEL = "google/gemma-3-4b-it"
 _STRUCTURE_ATTRS = ("fake_image_token_id", "global_image_token_id", "boi_token_id", "eoi_token_id",

@@ -238,7 +238,7 @@ def test_image_probe_scores(run):
 
 
 def test_steering_a_generation_given_an_image(run):
-    from featurescope.vision.steer import generate_with_image
+    from featurescope.steering.images import generate_with_image
 
     model, sae = run["model"], run["sae"]
     image = run["images"] / "coffee.png"

@@ -43,7 +43,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def worker(spec_file: str) -> None:
     """One rank (or the only process): train as the JSON spec says, then write this rank's figures beside it."""
-    from featurescope.train import SUMMARY_FILE, TrainConfig, train
+    from featurescope.train import TrainConfig, train
+    from featurescope.train.loop import SUMMARY_FILE
 
     spec = read_json(spec_file)
     run, device = Path(spec["run"]), spec["device"]

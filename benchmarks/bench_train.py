@@ -36,7 +36,7 @@ from featurescope.activations import NpySource
 from featurescope.atomic import atomic_path, write_json
 from featurescope.synthetic import make_synthetic, recovery
 from featurescope.train import TrainConfig, train
-from featurescope.train_setup import default_dead_tokens, default_lr
+from featurescope.train.setup import default_dead_tokens, default_lr
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ a job is a JSON-able dict with `kind`:
 - `train`: `TrainConfig(**job["cfg"])`; with `interrupt_after`, the data raises KeyboardInterrupt after that
   many batches (every rank at the same step), like a run stopped right after a checkpoint; with `error_out`,
   a FeaturescopeError is not raised but its message written to that file (by rank 0).
-- `row_top` / `flat_top`: the global selections of `featurescope.distributed.topk` on a fixed score matrix
+- `row_top` / `flat_top`: the global selections of `featurescope.train.global_topk` on a fixed score matrix
   (`selection_scores`, many ties) whose columns (row_top; flat_top with `"split": "cols"`) or rows (flat_top)
   are split unevenly; rank 0 writes the chosen global flat indices, sorted, as JSON to `job["out"]`.
 - `on_main_error`: rank 0's `World.on_main` raises an OSError; each rank records what it caught.
@@ -82,8 +82,8 @@ def split(n: int, rank: int, world: int, first_share: float = 0.8) -> tuple[int,
 
 
 def _selection(job: dict[str, Any], rank: int, world: int) -> None:
-    from featurescope.distributed.topk import global_row_top, global_top_k_flat
     from featurescope.distributed.world import join
+    from featurescope.train.global_topk import global_row_top, global_top_k_flat
 
     w = join("cpu", "gloo")
     scores = selection_scores()
@@ -131,7 +131,7 @@ _MODELS: dict[str, Any] = {}
 
 def _harvest(job: dict[str, Any], rank: int) -> None:
     import featurescope.harvest as hv
-    import featurescope.harvest_store as hs
+    import featurescope.harvest.writer as hs
     from featurescope.models import load_model
 
     cfg = hv.HarvestConfig(**job["cfg"])

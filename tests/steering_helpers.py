@@ -59,7 +59,7 @@ class Recorder:
 def make_db(path: Path, sae: SAE, max_acts: Tensor, *, top_tokens: dict[int, list[int]] | None = None,
             model: str = "default") -> Path:
     """A minimal feature database for `sae`: meta, per-feature max activations, decoder, some logit effects."""
-    from featurescope.store import FORMAT, VERSION, create_db
+    from featurescope.featuredb.core import FORMAT, VERSION, create_db
 
     with create_db(path) as db:
         db.meta({"format": FORMAT, "version": VERSION, "model": model, "layer": sae.cfg.layer,

@@ -22,8 +22,8 @@ from featurescope.analysis.contexts import window_start
 from featurescope.analysis.labels import MIN_NEGATIVES, MIN_POSITIVES, agrees, detection_score, wilson_lower
 from featurescope.analysis.search import search_text
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE, SAEConfig
-from featurescope.store import FeatureStore
 from featurescope.tokentext import merge_pieces, text_has_words
 from featurescope.train import TrainConfig, train
 

@@ -12,7 +12,7 @@ from featurescope.analysis.feature_map import feature_map, have_umap, pca_map
 from featurescope.analysis.logit_effects import logit_effects, norm_scale
 from featurescope.analysis.neighbours import nearest_neighbours
 from featurescope.errors import FeaturescopeError
-from featurescope.store import FeatureStore, create_db
+from featurescope.featuredb.core import FeatureStore, create_db
 
 
 def test_gemma_logit_effects_equal_w_u_times_scaled_decoder(gemma):

@@ -18,8 +18,8 @@ from featurescope.analysis.explain import LocalChat, explain_feature, parse_dete
 from featurescope.analysis.explain_all import SAVE_EVERY
 from featurescope.analysis.labels import MIN_NEGATIVES, MIN_POSITIVES
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE, SAEConfig
-from featurescope.store import FeatureStore
 
 
 class FakeLLM(BaseHTTPRequestHandler):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from featurescope.analysis.write import Finished, _peak_characters
-from featurescope.store import FORMAT, VERSION, FeatureStore, create_db
+from featurescope.featuredb.core import FORMAT, VERSION, FeatureStore, create_db
 from featurescope.tokentext import merge_pieces, piece_bytes, readable, token_bytes
 
 # a thin space, two CJK letters, an Arabic-supplement letter and a 4-byte letter: each one Gemma 3 splits into

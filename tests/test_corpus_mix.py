@@ -6,7 +6,7 @@ import itertools
 from collections import Counter
 
 from featurescope.corpus import Document, open_corpus
-from featurescope.corpus_mix import MIX_SHARES, code_chunks, interleave, stdlib_files
+from featurescope.corpus.mix import MIX_SHARES, code_chunks, interleave, stdlib_files
 
 
 def _part(doc_id: str) -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import run_cli
 from featurescope.demo import SCALES, serve_mode
-from featurescope.probes.db import get_meta
-from featurescope.store import FeatureStore
+from featurescope.featuredb.core import FeatureStore
+from featurescope.featuredb.probes import get_meta
 
 
 def test_serve_mode_auto_checks_under_ci_or_without_a_terminal(monkeypatch):

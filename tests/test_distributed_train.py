@@ -24,14 +24,13 @@ from safetensors import safe_open
 
 from conftest import run_cli
 from distributed_helpers import Interrupting, one_thread, run_ranks, selection_scores
-from featurescope import checkpoint
 from featurescope.activations import TensorSource
 from featurescope.cli import main
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.kernels import topk_flat, topk_rows
 from featurescope.sae.parallel import Parallel, RowTop
-from featurescope.train import TrainConfig, train
+from featurescope.train import TrainConfig, checkpoint, train
 
 TOL = 1e-4
 ROWS, D_IN, BATCH = 2048, 16, 256  # 8 steps

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from conftest import run_cli
 from explorer_helpers import build_db, start_server
+from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE
 from featurescope.server import create_app, limits
-from featurescope.store import FeatureStore
 
 BASE = "http://127.0.0.1"
 
@@ -221,7 +221,7 @@ def test_static_paths_never_leave_the_static_folder(explorer_db):
     try:
         assert _raw_get(server.port, "/static/js/common.js")[0] == 200
         for target in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/js/../../run.py",
-                       "/static/%2e%2e/%2e%2e/store.py", "/static//etc/passwd", "/static/..\\app.py"):
+                       "/static/%2e%2e/%2e%2e/errors.py", "/static//etc/passwd", "/static/..\\app.py"):
             status, body = _raw_get(server.port, target)
             assert status in (400, 404), (target, status)
             assert b"import" not in body and b"root:" not in body

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from explorer_helpers import LABEL_PAYLOAD, build_db, launch_chromium, start_live_server
-from featurescope.store import FeatureStore
+from featurescope.featuredb.core import FeatureStore
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 TIMEOUT_MS = 60_000
@@ -25,19 +25,19 @@ def _add_probe_tables(db: Path) -> None:
     """Cross-lingual scores (feature 0, with an HTML payload in its Chinese tokens) and one probe result."""
     import json
 
-    from featurescope.probes import db as pdb
+    from featurescope.featuredb import probes as probe_tables
 
     with FeatureStore.open(db) as store:
         d_sae = store.d_sae
-    with pdb.update_db(db) as con:
+    with probe_tables.update_db(db) as con:
         scores = [(i, 0.9 if i == 0 else 0.0, 0.8 if i == 0 else None, 0.1, 1, int(i == 0),
                    json.dumps({"en-zh": 0.9}), json.dumps({"en": 3, "zh": 3}), 0.0) for i in range(d_sae)]
         segments = [(0, "en", "parallel", "eiffel-tower", "The Eiffel Tower", json.dumps(["The", " Eiffel", " Tower"])),
                     (0, "zh", "parallel", "eiffel-tower", "埃菲尔铁塔", json.dumps(["埃菲尔", ZH_PAYLOAD]))]
-        examples = [(0, 0, "en", 0, 3.0, pdb.floats_blob([0, 3.0, 1.5])),
-                    (0, 0, "zh", 0, 2.0, pdb.floats_blob([2.0, 1.0]))]
-        pdb.replace_multilingual(con, {"langs": ["en", "zh"], "null_max": 0.2}, scores, segments, examples)
-        pdb.replace_probe(con, "safety", {"categories": ["deception"]},
+        examples = [(0, 0, "en", 0, 3.0, probe_tables.floats_blob([0, 3.0, 1.5])),
+                    (0, 0, "zh", 0, 2.0, probe_tables.floats_blob([2.0, 1.0]))]
+        probe_tables.replace_multilingual(con, {"langs": ["en", "zh"], "null_max": 0.2}, scores, segments, examples)
+        probe_tables.replace_probe(con, "safety", {"categories": ["deception"]},
                           [("safety", "deception", 42, 42, 42, 42, 0.8, 0.75, 1, "1 feature generalises")],
                           [("safety", "deception", 0, 0, 0.8, 0.78, 0.001, 0.79, 1, "[]")])
 

@@ -18,7 +18,7 @@ from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.evaluate import EvalConfig, evaluate
 from featurescope.harvest import HarvestConfig, harvest
-from featurescope.heldout import DocumentPart, is_heldout_context, is_heldout_document, split_contexts
+from featurescope.harvest.heldout import DocumentPart, is_heldout_context, is_heldout_document, split_contexts
 from featurescope.train import TrainConfig, train
 from test_evaluate import _exact_relu_sae
 

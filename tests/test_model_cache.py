@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gguf
 
-from featurescope import model_cache
+from featurescope.models import cache as model_cache
 
 
 def test_one_gguf_parse_shares_a_reader_within_the_block_only():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from featurescope.errors import FeaturescopeError
-from featurescope.probes import db as pdb
+from featurescope.featuredb import probes as probe_tables
 from featurescope.probes.monitor import MonitorConfig, best_of_categories, calibration_texts
 from featurescope.probes.selection import rank_category
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays
@@ -39,9 +39,9 @@ def _probe_set() -> ProbeSet:
 def _store(heldout: float, calibration: float | None, seed: int) -> SimpleNamespace:
     """An object with `.con` holding the probes_meta a probe run with these settings stores."""
     con = sqlite3.connect(":memory:")
-    pdb.ensure_schema(con)
+    probe_tables.ensure_schema(con)
     meta = {"heldout": heldout, "seed": seed, **({"calibration": calibration} if calibration is not None else {})}
-    pdb.set_meta(con, "probe:synthetic", meta)
+    probe_tables.set_meta(con, "probe:synthetic", meta)
     return SimpleNamespace(con=con)
 
 

@@ -18,9 +18,9 @@ from conftest import REPO
 from featurescope.activations import ActivationStore
 from featurescope.analysis import AnalyzeConfig, analyze
 from featurescope.cli import main
-from featurescope.probes import db as pdb
+from featurescope.featuredb import probes as probe_tables
+from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE, SAEConfig
-from featurescope.store import FeatureStore
 
 D_SAE = 64
 
@@ -75,21 +75,21 @@ def test_multilingual_end_to_end(probe_db, cli, tmp_path):
     assert r["langs"] == ["en", "fr", "zh"] and r["segments"] == {"parallel": 12, "bible": 4}
     assert len(r["top"]) == min(r["listed"], 15)
     with FeatureStore.open(probe_db) as store:
-        meta = pdb.get_meta(store.con, "multilingual")
+        meta = probe_tables.get_meta(store.con, "multilingual")
         assert meta["segments"]["bible"] == 4 and meta["settings"]["min_segments"] == 2
         assert store.con.execute("SELECT COUNT(*) FROM multilingual_scores").fetchone()[0] == D_SAE
         assert store.con.execute("SELECT COUNT(*) FROM multilingual_segments").fetchone()[0] == 16 * 3
-        alive = [i for i in range(D_SAE) if pdb.multilingual_for_feature(store, i).examples]
+        alive = [i for i in range(D_SAE) if probe_tables.multilingual_for_feature(store, i).examples]
         assert alive
-        ex = pdb.multilingual_for_feature(store, alive[0]).examples[0]
+        ex = probe_tables.multilingual_for_feature(store, alive[0]).examples[0]
         assert [e.lang for e in ex.langs] == ["en", "fr", "zh"]
         for e in ex.langs:
             assert len(e.tokens) == len(e.acts) and max(e.acts) == pytest.approx(e.value, rel=1e-5)
         assert "".join(ex.langs[0].tokens) == ex.langs[0].text  # tokens without the BOS, as the text reads
-        listed = pdb.multilingual_top(store, 50)
+        listed = probe_tables.multilingual_top(store, 50)
         for f in listed:
             assert f.eligible and f.score >= 0.3 and f.score > f.null_max
-        shown = listed or pdb.multilingual_top(store, 3, listed_only=False)
+        shown = listed or probe_tables.multilingual_top(store, 3, listed_only=False)
     console = Console(record=True, width=200, file=io.StringIO())
     console.print(multilingual_table(shown, {}, "t"))
     text = console.export_text()
@@ -139,7 +139,7 @@ def test_probe_and_monitor_end_to_end(gemma, probe_db, cli, tmp_path):
         assert all(token in syco and n >= 1 for token, n in c["peak_tokens"])
     assert any(c["peak_tokens"] for c in cat["candidates"])
     with FeatureStore.open(probe_db) as store:
-        (summary,) = pdb.probe_summaries(store, "safety")
+        (summary,) = probe_tables.probe_summaries(store, "safety")
         assert summary.category == "sycophancy" and len(summary.candidates) == len(cat["candidates"])
         assert [c.heldout_auroc for c in summary.candidates] == [c["heldout_auroc"] for c in cat["candidates"]]
     console = Console(record=True, width=160, file=io.StringIO())

@@ -14,7 +14,7 @@ import torch
 from featurescope.activations import MANIFEST, STORE_FORMAT
 from featurescope.atomic import write_json, write_safetensors
 from featurescope.errors import FeaturescopeError
-from featurescope.harvest_store import HarvestConfig, begin_store, clear_store
+from featurescope.harvest.writer import HarvestConfig, begin_store, clear_store
 from featurescope.sae import SAE
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.io import export
@@ -116,7 +116,7 @@ def test_output_files_and_folders_take_the_umask(tmp_path):
 
 
 def test_image_harvest_clears_only_its_own_store(tmp_path):
-    from featurescope.vision.harvest import _clean
+    from featurescope.harvest.images import _clean
 
     user = tmp_path / "user"
     user.mkdir()

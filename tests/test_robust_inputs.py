@@ -98,7 +98,7 @@ def test_steer_values_are_bounded_like_the_server(capsys, tmp_path, args):
 
 def test_analyze_refuses_a_damaged_database_and_never_replaces_a_user_file(dbs, tmp_path):
     from featurescope.analysis.pipeline import _existing
-    from featurescope.store import FeatureStore
+    from featurescope.featuredb.core import FeatureStore
 
     good = dbs[0]
     with FeatureStore.open(good) as db:

@@ -16,9 +16,9 @@ import torch
 from conftest import REPO
 from featurescope.activations import ActivationStore
 from featurescope.analysis import AnalyzeConfig, analyze
+from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.io import export
-from featurescope.store import FeatureStore
 
 
 def _cli(*args: str) -> list[str]:

@@ -10,10 +10,10 @@ import torch
 from conftest import run_cli
 from featurescope import cli
 from featurescope.commands import steer as cli_steer
+from featurescope.featuredb.core import FeatureStore
 from featurescope.steering.hook import feature_directions
 from featurescope.steering.plot import write_outputs
 from featurescope.steering.sweep import SweepConfig, sweep, top_token_ids
-from featurescope.store import FeatureStore
 from steering_helpers import PROMPT, make_db, orthogonal_sae
 
 MAXES = torch.tensor([10.0, 20.0, 100.0, 0.0, 5.0, 6.0, 7.0, 8.0])

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import featurescope.train as train_module
+import featurescope.train.loop as train_module
 from featurescope.activations import TensorSource
 from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError

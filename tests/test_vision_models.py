@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from featurescope.errors import FeaturescopeError
-from featurescope.vision.harvest import ImageHarvestConfig, harvest_images
+from featurescope.harvest.images import ImageHarvestConfig, harvest_images
 from vision_helpers import sample_image, smolvlm, write_images
 
 
@@ -34,7 +34,7 @@ def model(folder):
 
 
 def test_loads_from_a_folder_as_a_vision_model(model, folder):
-    from featurescope.vision.models import VisionLanguageModel
+    from featurescope.models.vision import VisionLanguageModel
 
     assert isinstance(model, VisionLanguageModel)
     assert model.vision_family == "idefics3" and model.n_layers == 2 and model.d_model == 64
@@ -72,10 +72,10 @@ def test_harvest_train_analyse(model, tmp_path):
     from fastapi.testclient import TestClient
 
     from featurescope.analysis import AnalyzeConfig, analyze
+    from featurescope.featuredb.core import FeatureStore
+    from featurescope.featuredb.images import feature_images
     from featurescope.server.app import create_app
-    from featurescope.store import FeatureStore
     from featurescope.train import TrainConfig, train
-    from featurescope.vision.db import feature_images
 
     images = write_images(tmp_path / "images", ("chelsea", "coffee"))
     acts = tmp_path / "acts"
@@ -150,7 +150,7 @@ def test_bad_inputs_fail_clearly_and_keep_what_was_written(model, tmp_path):
 
 def test_text_only_models_refuse_images(tmp_path):
     from featurescope.models import LanguageModel
-    from featurescope.vision.models import as_vision_model, load_vision_model
+    from featurescope.models.vision import as_vision_model, load_vision_model
 
     with pytest.raises(FeaturescopeError, match="smollm2 is a text-only model"):
         load_vision_model("smollm2")
@@ -165,7 +165,7 @@ def test_text_only_models_refuse_images(tmp_path):
 
 
 def test_layout_of_qwen_and_llava_sequences():
-    from featurescope.vision.layout import canvas, locate
+    from featurescope.models.image_layout import canvas, locate
 
     ids = torch.tensor([1, 9, 9, 9, 9, 9, 9, 2, 9, 9, 9, 9])
     q = locate("qwen2_vl", ids, 9, image_grid_thw=torch.tensor([[1, 4, 6], [1, 4, 4]]), merge_size=2)

@@ -20,8 +20,8 @@ import torch
 
 from featurescope.activations import ActivationStore
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore
 from featurescope.vision.store import read_positions
 from vision_helpers import sample_image, vision_model, write_images
 
@@ -50,8 +50,8 @@ def run(tmp_path_factory):
     from PIL import Image
 
     from featurescope.analysis import AnalyzeConfig, analyze
+    from featurescope.harvest.images import ImageHarvestConfig, harvest_images
     from featurescope.train import TrainConfig, train
-    from featurescope.vision.harvest import ImageHarvestConfig, harvest_images
 
     base = tmp_path_factory.mktemp("vision")
     model = vision_model("gemma3")
@@ -126,7 +126,7 @@ def test_store_records_the_patch_found_from_pixels(run):
 
 
 def test_planted_patch_feature_is_shown_on_its_patch(run):
-    from featurescope.vision.db import feature_images
+    from featurescope.featuredb.images import feature_images
 
     ctx, _, _ = _context_of(run["store"], "coffee-marked.png")
     with FeatureStore.open(run["db"]) as fs:
@@ -141,7 +141,7 @@ def test_planted_patch_feature_is_shown_on_its_patch(run):
 
 
 def test_modality_score_of_a_constant_feature(run):
-    from featurescope.vision.db import feature_images
+    from featurescope.featuredb.images import feature_images
 
     store, image_token = run["store"], run["model"].image_token_id
     n_img = n_txt = 0
@@ -185,10 +185,10 @@ def test_explorer_shows_images_next_to_texts(run):
 
 
 def test_text_only_database_has_no_image_section(tmp_path):
-    from featurescope.vision.db import feature_images, has_images
+    from featurescope.featuredb.images import feature_images, has_images
 
     db = tmp_path / "text.db"
-    from featurescope.store import create_db
+    from featurescope.featuredb.core import create_db
 
     with create_db(db) as w:
         w.meta({"format": "featurescope.features", "version": 1, "d_sae": 2, "d_in": 4})
@@ -238,7 +238,7 @@ def test_image_probe_scores(run):
 
 
 def test_steering_a_generation_given_an_image(run):
-    from featurescope.vision.steer import generate_with_image
+    from featurescope.steering.images import generate_with_image
 
     model, sae = run["model"], run["sae"]
     image = run["images"] / "coffee.png"

@@ -52,7 +52,7 @@ def smolvlm() -> tuple[torch.nn.Module, object]:
     from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    from featurescope.model_cache import resolve_builtin
+    from featurescope.models.cache import resolve_builtin
 
     tok = AutoTokenizer.from_pretrained(str(resolve_builtin("smollm2")))
     extra = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
@@ -83,7 +83,7 @@ def gemma3() -> tuple[torch.nn.Module, object]:
     from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    from featurescope.model_cache import resolve_builtin
+    from featurescope.models.cache import resolve_builtin
 
     tok = AutoTokenizer.from_pretrained(
         str(resolve_builtin("default")),
@@ -111,7 +111,7 @@ def gemma3() -> tuple[torch.nn.Module, object]:
 
 def vision_model(kind: str, name: str = "tiny"):
     """The tiny model of `kind` (smolvlm or gemma3) as a featurescope VisionLanguageModel, fp32 on CPU."""
-    from featurescope.vision.models import VisionLanguageModel
+    from featurescope.models.vision import VisionLanguageModel
 
     hf, processor = {"smolvlm": smolvlm, "gemma3": gemma3}[kind]()
     return VisionLanguageModel(hf, processor, name=name, source=f"test:{kind}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from featurescope._version import __version__
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE, SAEConfig
 

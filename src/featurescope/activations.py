@@ -6,7 +6,7 @@ and the rows of each group are permuted. Batch `b` of an epoch is always the sam
 so training can resume at any step without replaying the data before it.
 
 Stores and .npy files have a held-out part that `train` never reads (`split="train"`) and `eval` measures
-on (`split="heldout"`): in a store, the contexts of held-out documents (see `featurescope.heldout`); in a
+on (`split="heldout"`): in a store, the contexts of held-out documents (see `featurescope.harvest.heldout`); in a
 .npy of N rows, its last ⌊N / 20⌋ rows. `split="all"` (the default) reads every row.
 """
 

@@ -116,7 +116,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from featurescope.corpus import NAMED_CORPORA
-    from featurescope.model_cache import BUILTIN_MODELS
+    from featurescope.models.cache import BUILTIN_MODELS
 
     table = BUILTIN_MODELS if args.command == "models" else NAMED_CORPORA
     for name, about in table.items():
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FeaturescopeError as e:
         print(f"featurescope: error: {clean(str(e))}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.db_check)
+    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.featuredb.check)
         print(f"featurescope: error: a database is damaged ({clean(str(e))}); rebuild it", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

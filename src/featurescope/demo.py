@@ -120,7 +120,7 @@ def _evaluate(scale: Scale, sae_dir: Path, sae: Any, model: Any, acts: Path, pat
 
 def _probes(scale: Scale, db: Path, sae: Any, model: Any, device: str, steps: Steps, progress: bool) -> None:
     """`featurescope multilingual` and `featurescope probe --set safety` on `db`, each skipped when stored."""
-    from featurescope.probes.db import get_meta
+    from featurescope.featuredb.probes import get_meta
     from featurescope.probes.multilingual import MultilingualConfig, run_multilingual
     from featurescope.probes.probe import ProbeConfig, ProbeResult, run_probe
 

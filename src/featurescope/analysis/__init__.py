@@ -1,7 +1,7 @@
 """Feature analysis: statistics, top and quantile contexts, logit effects, neighbours, map, labels, explanations.
 
 `analyze(AnalyzeConfig(sae=..., out="features.db"))` writes the feature database that
-`featurescope.store.FeatureStore` reads; `search_text` finds the features that fire on a text;
+`featurescope.featuredb.core.FeatureStore` reads; `search_text` finds the features that fire on a text;
 `explain_db` adds scored LLM explanations to an existing database.
 """
 

@@ -22,8 +22,8 @@ import torch
 
 from featurescope.analysis.labels import MIN_NEGATIVES, MIN_POSITIVES, detection_score, label_score, show_token
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import Example, Feature
 from featurescope.models import LanguageModel
-from featurescope.store import Example, Feature
 
 MARK_FRACTION = 0.25
 """Tokens at or above this fraction of an example's peak activation are marked in the explainer's prompt."""

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from featurescope.analysis.explain import Explainer, LocalChat, OpenAIChat, explain_feature
 from featurescope.atomic import read_json, write_json
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore, has_column, update_db
 from featurescope.models import LanguageModel, load_model
-from featurescope.store import FeatureStore, has_column, update_db
 
 PROGRESS_FORMAT = "featurescope.explanations"
 SAVE_EVERY = 10

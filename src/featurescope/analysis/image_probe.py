@@ -21,17 +21,17 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.analysis.search import load_for_store
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore, update_db
+from featurescope.featuredb.images import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
 from featurescope.models import LanguageModel, default_device
+from featurescope.models.vision import as_vision_model
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore, update_db
-from featurescope.vision.db import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
 from featurescope.vision.encode import encode_image
 from featurescope.vision.inputs import list_items, thumbnail
-from featurescope.vision.models import as_vision_model
 
 KEEP_ACTS = 100
 """Features (best consistency first) whose per-pair activations are stored."""

@@ -9,11 +9,11 @@ import torch
 
 from featurescope.analysis.search import ORDERS, load_for_store
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore, best_label
 from featurescope.models import LanguageModel
+from featurescope.models.vision import as_vision_model
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore, best_label
 from featurescope.vision.encode import encode_image, grid_of
-from featurescope.vision.models import as_vision_model
 
 
 class ImageHit(NamedTuple):

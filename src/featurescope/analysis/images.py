@@ -21,17 +21,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import ActivationStore, open_source
 from featurescope.analysis.accumulate import Codes, encode_batch, lookup, make_codes
 from featurescope.analysis.contexts import EMPTY, TopContexts, window_start
 from featurescope.analysis.source import Batch, StoreBatches
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore, update_db
+from featurescope.featuredb.images import ANALYSIS_SCHEMA, ANALYSIS_TABLES, insert, replace_tables
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore, update_db
 from featurescope.tokentext import Merger, token_bytes
-from featurescope.vision.db import ANALYSIS_SCHEMA, ANALYSIS_TABLES, insert, replace_tables
 from featurescope.vision.store import ImagePositions, image_records, is_multimodal, read_positions
 from featurescope.vision.store import thumbnail as store_thumbnail
 
@@ -309,7 +309,7 @@ def _tokenizer(store: ActivationStore) -> Any:
 def ensure_image_analysis(db: str | Path, store: ActivationStore, sae: SAE, tokenizer: Any, *, device: str = "cpu",
                           progress: bool = True) -> ImageAnalysisResult | None:
     """`analyze_images` with the default settings when `store` holds images and `db` has no image tables yet."""
-    from featurescope.vision.db import has_images
+    from featurescope.featuredb.images import has_images
 
     if not is_multimodal(store):
         return None

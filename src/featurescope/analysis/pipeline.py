@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import ActivationStore, open_source
 from featurescope.analysis import state
 from featurescope.analysis.accumulate import encode_batch, reconstruct
@@ -35,11 +35,11 @@ from featurescope.analysis.neighbours import nearest_neighbours
 from featurescope.analysis.source import ModelBatches, StoreBatches
 from featurescope.analysis.write import Finished, referenced_contexts, token_ids_used, write_db
 from featurescope.atomic import read_json
-from featurescope.db_check import is_sqlite_file
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.check import is_sqlite_file
+from featurescope.featuredb.core import FORMAT, VERSION, FeatureStore
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
-from featurescope.store import FORMAT, VERSION, FeatureStore
 from featurescope.tokentext import token_bytes
 
 DEFAULT_TOKENS = 1_000_000

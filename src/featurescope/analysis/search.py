@@ -7,9 +7,9 @@ from typing import NamedTuple
 import torch
 
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore, best_label
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore, best_label
 from featurescope.tokentext import Merger, token_bytes
 
 MAX_TOKENS = 2048

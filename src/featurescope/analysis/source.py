@@ -17,7 +17,7 @@ from torch import Tensor
 from featurescope.activations import ActivationStore
 from featurescope.corpus import open_corpus
 from featurescope.errors import FeaturescopeError
-from featurescope.heldout import DEFAULT_HELDOUT, split_contexts
+from featurescope.harvest.heldout import DEFAULT_HELDOUT, split_contexts
 from featurescope.models import LanguageModel
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 

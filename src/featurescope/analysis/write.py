@@ -19,7 +19,7 @@ from featurescope.analysis.labels import auto_label
 from featurescope.analysis.logit_effects import LogitEffects
 from featurescope.analysis.neighbours import Neighbours, unit_rows
 from featurescope.analysis.state import Accumulators
-from featurescope.store import create_db
+from featurescope.featuredb.core import create_db
 from featurescope.tokentext import is_whole, merge_pieces, readable
 
 LABEL_CHUNK = 512

@@ -51,7 +51,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _open(path: str) -> Any:
-    from featurescope.store import FeatureStore
+    from featurescope.featuredb.core import FeatureStore
 
     return FeatureStore.open(path)
 
@@ -135,7 +135,7 @@ def register(sub: Any) -> None:
     """Add the analysis subcommands to the `featurescope` parser."""
     from featurescope.analysis.explain_all import ExplainConfig
     from featurescope.analysis.pipeline import AnalyzeConfig
-    from featurescope.store import TOP_BY
+    from featurescope.featuredb.core import TOP_BY
 
     add_dataclass_args(add_command(sub, "analyze", "analyse every feature of an SAE and write the feature database",
                                    _cmd_analyze), AnalyzeConfig, positional=("sae",))

@@ -13,7 +13,7 @@ from featurescope.terminal import dumps
 
 
 def _print_json(obj: Any) -> None:
-    from featurescope.probes.db import to_json
+    from featurescope.featuredb.probes import to_json
 
     print(dumps(to_json(obj), indent=2))
 

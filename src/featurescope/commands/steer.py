@@ -163,8 +163,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     chosen = {i: SteerValue(auto[i].multiple, True) if i in auto else v for i, v in features.items()}
     kwargs = dict(mode=args.mode, max_acts=max_acts, max_new_tokens=args.max_new_tokens, seed=args.seed,
                   chat=args.chat, temperature=args.temperature, layer=args.layer, skip_special=not args.all_positions)
-    if args.image:  # an image prompt to an image-text model (featurescope.vision.steer)
-        from featurescope.vision.steer import generate_with_image
+    if args.image:  # an image prompt to an image-text model (featurescope.steering.images)
+        from featurescope.steering.images import generate_with_image
 
         result = generate_with_image(model, sae, args.prompt, args.image, chosen, **kwargs)
     else:

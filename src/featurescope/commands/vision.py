@@ -11,7 +11,7 @@ from featurescope.terminal import dumps
 
 
 def _cmd_harvest_images(args: argparse.Namespace) -> int:
-    from featurescope.vision.harvest import ImageHarvestConfig, harvest_images
+    from featurescope.harvest.images import ImageHarvestConfig, harvest_images
 
     r = harvest_images(dataclass_from_args(ImageHarvestConfig, args), progress=not args.quiet)
     print(f"{r.path}: {r.images} images, {r.rows} activation rows ({r.image_rows} on image patches) in {r.shards} "
@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
     """Add the image subcommands to the `featurescope` parser."""
     from featurescope.analysis.image_probe import ImageProbeConfig
     from featurescope.analysis.images import ImageAnalysisConfig
-    from featurescope.vision.harvest import ImageHarvestConfig
+    from featurescope.harvest.images import ImageHarvestConfig
 
     add_dataclass_args(add_command(sub, "harvest-images", "run an image-text model over images (+ captions) and store "
                                    "its residual stream with each position's image patch", _cmd_harvest_images),

@@ -1,12 +1,9 @@
-"""Training and harvesting on several processes with torch.distributed (torchrun); see docs/distributed.md.
+"""The process group that harvest and training share on several processes (torchrun); see docs/distributed.md.
 
 - `world`: the process group (torchrun's variables), tensor collectives, JSON metadata in uint8 tensors.
-- `ddp`: data parallelism (each rank trains on its slice of every global batch).
-- `feature_shard`: feature sharding (each rank holds a slice of the features) for very wide SAEs.
-- `topk`: global top-k selections over candidates spread across ranks.
-- `shard_io`: one ordinary safetensors file written by rank 0 from every rank's rows.
-- `harvest_shard`: harvest with each rank running the model over its own shards of the corpus.
 - `launch`: `--distributed N` starts N local ranks (torchrun --standalone).
 
+The stages' own parallel code lives with them: `featurescope.harvest.sharded` and, for training,
+`featurescope.train.data_parallel`, `feature_shard`, `global_topk` and `gathered_file`.
 A single-process run imports only `world` (to see whether it was launched as a rank).
 """

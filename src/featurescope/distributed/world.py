@@ -19,7 +19,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
-from featurescope.train_setup import pick_device
 
 T = TypeVar("T")
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -40,6 +39,19 @@ def requested_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` → cuda if available, else cpu; an unavailable cuda is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FeaturescopeError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FeaturescopeError("--device cuda asked for, but no CUDA GPU is available")
+    return device
 
 
 def rank_device(name: str, local_rank: int) -> torch.device:

@@ -1,7 +1,7 @@
 """Probes: cross-lingual features on parallel text, safety-relevant features found by held-out AUROC, and a
 monitor that flags texts on which chosen features fire (docs/probes.md)."""
 
-from featurescope.probes.db import (
+from featurescope.featuredb.probes import (
     multilingual_for_feature,
     multilingual_json,
     multilingual_top,

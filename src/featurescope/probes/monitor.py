@@ -25,8 +25,8 @@ import numpy as np
 
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
-from featurescope.probes import db as pdb
 from featurescope.probes.encode import decode_tokens, encode_texts
 from featurescope.probes.session import open_session, parse_features, require
 from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
@@ -118,10 +118,10 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
     if cfg.features:
         features = parse_features(cfg.features, store.d_sae)
         require(features, "--features names no feature")
-        cats = {f: r.category for f in features for r in pdb.probes_for_feature(store, f)
+        cats = {f: r.category for f in features for r in probe_tables.probes_for_feature(store, f)
                 if r.reported and r.probe_set == probe_set.name}
         return features, cats
-    rows = pdb.reported_features(store, probe_set.name, cfg.category or None)
+    rows = probe_tables.reported_features(store, probe_set.name, cfg.category or None)
     if not rows:
         what = f"category {cfg.category!r} of " if cfg.category else ""
         raise FeaturescopeError(f"no feature was reported for {what}probe set {probe_set.name!r} in {store.path.name}"
@@ -153,7 +153,7 @@ def calibration_parts(meta: dict[str, Any], *, chosen_by_probe: bool) -> tuple[f
 def calibration_texts(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> list[ProbeText]:
     """The calibration part's texts (both labels) of the calibration categories, split as the probe run stored
     in `store` split them."""
-    meta = pdb.get_meta(store.con, f"probe:{probe_set.name}") or {}
+    meta = probe_tables.get_meta(store.con, f"probe:{probe_set.name}") or {}
     heldout, calibration, seed = calibration_parts(meta, chosen_by_probe=not cfg.features)
     cats = [cfg.category] if cfg.category else probe_set.categories
     out: list[ProbeText] = []
@@ -226,7 +226,7 @@ def run_monitor(cfg: MonitorConfig, stdin: IO[str] | None = None, stdout: IO[str
     probe_set = load_probe_set(cfg.set)
     if cfg.category:
         probe_set.category(cfg.category)
-    from featurescope.store import FeatureStore
+    from featurescope.featuredb.core import FeatureStore
 
     with FeatureStore.open(cfg.db) as store:  # check the database and the features before reading any input
         choose_features(cfg, store, probe_set)

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.cli_args import option
+from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
-from featurescope.probes import db as pdb
 from featurescope.probes.crossling import CrossLingual, aligned_examples, cross_lingual
 from featurescope.probes.encode import EncodedTexts, decode_tokens, encode_texts
 from featurescope.probes.parallel import (
@@ -75,7 +75,7 @@ class MultilingualResult(NamedTuple):
     """Listed features whose peak tokens differ across most language pairs (same_token < DISTINCT)."""
     null_max: float
     min_score: float
-    top: list[pdb.MultilingualFeature]
+    top: list[probe_tables.MultilingualFeature]
     labels: dict[int, str]
     seconds: float
 
@@ -140,7 +140,7 @@ def _examples(acts: np.ndarray, enc: EncodedTexts, tokens: list[list[str]], lang
         peaks = []
         for li, lang in enumerate(langs):
             a = token_acts[j * n_lang + li]
-            rows.append((f, rank, lang, seg, float(acts[seg, li, f]), pdb.floats_blob(a)))
+            rows.append((f, rank, lang, seg, float(acts[seg, li, f]), probe_tables.floats_blob(a)))
             if max(a, default=0.0) > 0:
                 peaks.append(tokens[seg * n_lang + li][int(np.argmax(a))])
         if len(peaks) > 1:
@@ -195,9 +195,9 @@ def run_multilingual(cfg: MultilingualConfig, *, sae: SAE | None = None, model: 
         distinct = sum(same.get(f, 1.0) < DISTINCT for f in listed)
         counts = {src: sum(seg.source == src for seg in segments) for src in ("parallel", "bible")}
         meta = _meta(cfg, langs, counts, cl, len(listed), distinct)
-        with pdb.update_db(cfg.db) as con:
-            pdb.replace_multilingual(con, meta, scores, seg_rows, ex_rows)
-        top = pdb.multilingual_top(cfg.db, cfg.show, max_same_token=DISTINCT if cfg.distinct_only else None)
+        with probe_tables.update_db(cfg.db) as con:
+            probe_tables.replace_multilingual(con, meta, scores, seg_rows, ex_rows)
+        top = probe_tables.multilingual_top(cfg.db, cfg.show, max_same_token=DISTINCT if cfg.distinct_only else None)
         labels = best_labels(s.store, [f.feature for f in top])
     if len(segments) < 30:
         print(f"featurescope multilingual: only {len(segments)} aligned segments; scores are noisy", file=sys.stderr,

@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.cli_args import option
+from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
-from featurescope.probes import db as pdb
 from featurescope.probes.encode import EncodedTexts, decode_tokens, encode_texts
 from featurescope.probes.selection import CategoryResult, rank_category
 from featurescope.probes.session import Session, best_labels, open_session, parse_features, require
@@ -93,7 +93,7 @@ def check_config(cfg: ProbeConfig) -> ProbeSet:
     if cfg.category:
         probe_set.category(cfg.category)
     if cfg.suppress:
-        from featurescope.store import FeatureStore
+        from featurescope.featuredb.core import FeatureStore
 
         with FeatureStore.open(cfg.db) as store:
             require(parse_features(cfg.suppress, store.d_sae), "--suppress names no feature")
@@ -158,8 +158,8 @@ def run_probe(cfg: ProbeConfig, *, sae: SAE | None = None, model: LanguageModel 
         res_rows = [(probe_set.name, r.category, rank, c.feature, c.train_auroc, c.heldout_auroc, c.p_value, c.auroc,
                      int(c.reported), json.dumps(c.peak_tokens, ensure_ascii=False))
                     for r in results for rank, c in enumerate(r.candidates)]
-        with pdb.update_db(cfg.db) as con:
-            old = pdb.get_meta(con, f"probe:{probe_set.name}") or {}
+        with probe_tables.update_db(cfg.db) as con:
+            old = probe_tables.get_meta(con, f"probe:{probe_set.name}") or {}
             same_split = ((old.get("heldout"), old.get("calibration"), old.get("seed"))
                           == (cfg.heldout, cfg.calibration, cfg.seed))
             if cfg.category and same_split:  # keep the other categories of an earlier run with the same split
@@ -169,7 +169,7 @@ def run_probe(cfg: ProbeConfig, *, sae: SAE | None = None, model: LanguageModel 
                                                           "category != ?", (probe_set.name, cfg.category))]
                 res_rows += [tuple(r) for r in con.execute("SELECT * FROM probe_results WHERE probe_set = ? AND "
                                                           "category != ?", (probe_set.name, cfg.category))]
-            pdb.replace_probe(con, probe_set.name, meta, cat_rows, res_rows)
+            probe_tables.replace_probe(con, probe_set.name, meta, cat_rows, res_rows)
         shown = {c.feature for r in results for c in r.candidates[:cfg.show]}
         labels = best_labels(s.store, sorted(shown))
     return ProbeResult(Path(cfg.db), probe_set.name, results, labels, time.perf_counter() - t0)
@@ -179,7 +179,7 @@ def _suppress(cfg: ProbeConfig, probe_set: ProbeSet, s: Session, t0: float) -> S
     features = parse_features(cfg.suppress, s.sae.cfg.d_sae)
     max_acts = s.store.max_activations()
     density = s.store.densities().numpy()
-    reported = {r.feature for r in pdb.reported_features(s.store, probe_set.name)}
+    reported = {r.feature for r in probe_tables.reported_features(s.store, probe_set.name)}
     value = f"{cfg.multiple:g}x"
     rows: list[Suppression] = []
     clean: dict[str, np.ndarray] = {}
@@ -188,7 +188,7 @@ def _suppress(cfg: ProbeConfig, probe_set: ProbeSet, s: Session, t0: float) -> S
                 "so a multiple of it is 0 too")
         cats = _categories(cfg, probe_set)
         if not cfg.category:
-            hits = [r.category for r in pdb.probes_for_feature(s.store, f)
+            hits = [r.category for r in probe_tables.probes_for_feature(s.store, f)
                     if r.reported and r.probe_set == probe_set.name]
             cats = hits or cats
         controls = control_features(max_acts.numpy(), density, f, cfg.controls, reported | set(features), cfg.seed)
@@ -201,6 +201,6 @@ def _suppress(cfg: ProbeConfig, probe_set: ProbeSet, s: Session, t0: float) -> S
                 rows.append(suppression_effect(s.model, s.sae, items, g, value, max_acts, mode=cfg.mode,
                                                batch_size=max(1, cfg.batch_size // 2), max_tokens=cfg.max_tokens,
                                                seed=cfg.seed, clean=clean[c], target=f))
-    with pdb.update_db(cfg.db) as con:
-        pdb.upsert_suppression(con, [(probe_set.name, *r) for r in rows])
+    with probe_tables.update_db(cfg.db) as con:
+        probe_tables.upsert_suppression(con, [(probe_set.name, *r) for r in rows])
     return SuppressionResult(Path(cfg.db), probe_set.name, rows, time.perf_counter() - t0)

@@ -7,7 +7,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from featurescope.probes.db import LangExample, MultilingualFeature
+from featurescope.featuredb.probes import LangExample, MultilingualFeature
 from featurescope.probes.selection import CategoryResult
 from featurescope.probes.suppress import Suppression
 

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
-from featurescope.store import FeatureStore
 
 
 class Session(NamedTuple):
@@ -64,7 +64,7 @@ def open_session(db: str, *, sae: SAE | str | None = None, model: LanguageModel 
 
 def best_labels(store: FeatureStore, ids: list[int]) -> dict[int, str]:
     """The best label text of each feature ('' if none)."""
-    from featurescope.store import best_label
+    from featurescope.featuredb.core import best_label
 
     out: dict[int, str] = {}
     for i in ids:

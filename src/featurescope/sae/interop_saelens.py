@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.errors import FeaturescopeError
 from featurescope.sae.base import SAE
 from featurescope.sae.config import SAEConfig

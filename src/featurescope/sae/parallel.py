@@ -3,7 +3,8 @@
 A training loss reduces over two axes: the rows of the batch and the SAE's features. Data parallelism
 splits the rows across ranks, feature sharding splits the features. The losses write every reduction
 through the SAE's `parallel` (a `Parallel`); this base class is one process with nothing split, where each
-method is the plain single-process operation. `featurescope.distributed` implements the split versions.
+method is the plain single-process operation. `featurescope.train.data_parallel` and
+`featurescope.train.feature_shard` implement the split versions.
 
 Conventions: a *row share* is this rank's part of a mean over the batch's rows (the loss, its terms; they
 sum over row-split ranks to the single-process value); an *entry share* is this rank's part of a count over

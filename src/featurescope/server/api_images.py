@@ -9,10 +9,10 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb import images as image_tables
 from featurescope.server import limits
 from featurescope.server.api_store import FeatureId, explorer
 from featurescope.server.context import NotFound, finite
-from featurescope.vision import db as image_db
 
 router = APIRouter(prefix="/api", tags=["images"])
 
@@ -79,8 +79,8 @@ def get_feature_images(request: Request, feature_id: FeatureId) -> FeatureImages
     ex = explorer(request)
     ex.check_id(feature_id)
     with ex.read() as store:
-        available = image_db.has_images(store)
-        fi = image_db.feature_images(store, feature_id)
+        available = image_tables.has_images(store)
+        fi = image_tables.feature_images(store, feature_id)
     m = fi.modality
     return FeatureImagesOut(
         available=available, feature=feature_id,
@@ -99,7 +99,7 @@ def get_feature_images(request: Request, feature_id: FeatureId) -> FeatureImages
 def get_thumbnail(request: Request, image_id: Annotated[int, Path()]) -> Response:
     with explorer(request).read() as store:
         try:
-            data = image_db.thumbnail(store, image_id)
+            data = image_tables.thumbnail(store, image_id)
         except FeaturescopeError as e:
             raise NotFound(str(e)) from None
     return Response(content=data, media_type="image/jpeg", headers={"cache-control": "max-age=3600"})
@@ -108,6 +108,6 @@ def get_thumbnail(request: Request, image_id: Annotated[int, Path()]) -> Respons
 @router.get("/images/probe", summary="Features ranked by how consistently they fire on paired images and captions")
 def get_probe(request: Request, n: Annotated[int, Query(ge=1, le=limits.MAX_LIST)] = 20) -> list[ProbeOut]:
     with explorer(request).read() as store:
-        if not image_db.has_probe(store):
+        if not image_tables.has_probe(store):
             raise NotFound("this database holds no image/caption probe (run `featurescope image-probe`)")
-        return [ProbeOut(**s._asdict()) for s in image_db.probe_scores(store, n)]
+        return [ProbeOut(**s._asdict()) for s in image_tables.probe_scores(store, n)]

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from featurescope.featuredb.core import FeatureSummary
 from featurescope.server import limits, schemas, views
 from featurescope.server.api_store import explorer
-from featurescope.store import FeatureSummary
 
 router = APIRouter(prefix="/api", tags=["feature database"])
 DENSE = 0.1

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.errors import FeaturescopeError
 from featurescope.server import (
     api_images,

@@ -19,9 +19,9 @@ from torch import Tensor
 
 from featurescope.atomic import read_json
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.core import FeatureStore
 from featurescope.server.generation import FairLock
 from featurescope.server.limits import LiveQueue
-from featurescope.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

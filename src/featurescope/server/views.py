@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from featurescope import store as fs
+from featurescope.featuredb import core as featuredb
 from featurescope.server import limits, schemas
 from featurescope.server.context import Explorer, finite
 
@@ -34,35 +34,35 @@ def info(ex: Explorer) -> schemas.Info:
         map_method=m.get("map_method"), live=ex.live is not None, limits=limits.as_dict())
 
 
-def summary(s: fs.FeatureSummary) -> schemas.FeatureSummary:
+def summary(s: featuredb.FeatureSummary) -> schemas.FeatureSummary:
     return schemas.FeatureSummary(id=s.id, density=_num(s.density), max=_num(s.max), label=s.label,
                                   score=finite(s.score), score_lower=finite(s.score_lower))
 
 
-def feature_summary(store: fs.FeatureStore, i: int) -> schemas.FeatureSummary:
+def feature_summary(store: featuredb.FeatureStore, i: int) -> schemas.FeatureSummary:
     """Feature `i`'s density, max and best label."""
     density, top = store.con.execute("SELECT density, max FROM features WHERE id = ?", (i,)).fetchone()
-    best = fs.best_label(store.labels(i))
+    best = featuredb.best_label(store.labels(i))
     return schemas.FeatureSummary(id=i, density=_num(density), max=_num(top), label=best.text if best else "",
                                   score=finite(best.score) if best else None,
                                   score_lower=finite(best.score_lower) if best else None)
 
 
-def _example(e: fs.Example) -> schemas.Example:
+def _example(e: featuredb.Example) -> schemas.Example:
     return schemas.Example(kind=e.kind, interval=e.interval, rank=e.rank, value=_num(e.value), context=e.context,
                            position=e.position, start=e.start, tokens=e.tokens, token_ids=e.token_ids,
                            acts=[_num(a) for a in e.acts])
 
 
-def _effects(effects: list[fs.TokenEffect]) -> list[schemas.TokenEffect]:
+def _effects(effects: list[featuredb.TokenEffect]) -> list[schemas.TokenEffect]:
     return [schemas.TokenEffect(token=t.token, text=t.text, value=_num(t.value)) for t in effects]
 
 
-def neighbours(rows: list[fs.Neighbour]) -> list[schemas.Neighbour]:
+def neighbours(rows: list[featuredb.Neighbour]) -> list[schemas.Neighbour]:
     return [schemas.Neighbour(feature=n.feature, cosine=_num(n.cosine), label=n.label) for n in rows]
 
 
-def feature(ex: Explorer, f: fs.Feature) -> schemas.FeatureDetail:
+def feature(ex: Explorer, f: featuredb.Feature) -> schemas.FeatureDetail:
     """Everything about one feature."""
     s = f.stats
     stats = schemas.Stats(count=s.count, density=_num(s.density), mean=finite(s.mean), std=finite(s.std),
@@ -81,7 +81,7 @@ def feature(ex: Explorer, f: fs.Feature) -> schemas.FeatureDetail:
         intervals=int(ex.meta["intervals"]) if ex.meta.get("intervals") is not None else None)
 
 
-def map_points(store: fs.FeatureStore) -> schemas.MapPoints:
+def map_points(store: featuredb.FeatureStore) -> schemas.MapPoints:
     """Every feature's map coordinates, density and best label."""
     rows = store.con.execute("SELECT m.feature, m.x, m.y, f.density FROM map m JOIN features f ON f.id = m.feature "
                              "ORDER BY m.feature").fetchall()
@@ -93,7 +93,7 @@ def map_points(store: fs.FeatureStore) -> schemas.MapPoints:
                              density=[_num(r[3]) for r in rows], labels=[labels.get(r[0], "") for r in rows])
 
 
-def density_histogram(store: fs.FeatureStore) -> schemas.DensityHistogram:
+def density_histogram(store: featuredb.FeatureStore) -> schemas.DensityHistogram:
     """Features binned by log10 density, DENSITY_BINS_PER_DECADE bins per decade."""
     d = store.densities().numpy()
     alive = d[d > 0]

@@ -1,7 +1,8 @@
 """Steering: clamp or add SAE features in the residual stream during generation (docs/steering.md).
 
 `hook` holds the edit and the context manager `steer`; `values` parses and resolves "5x"-style values;
-`generate` runs baseline and steered generations; `sweep` and `plot` measure a range of multiples.
+`generate` runs baseline and steered generations; `sweep` and `plot` measure a range of multiples; `images`
+generates given an image (a VLM); `calibrate` and `auto` find a feature's largest fluent clamp.
 """
 
 from featurescope.steering.generate import Generation, generate

@@ -47,7 +47,7 @@ def writable(path: Path) -> bool:
 
 def write_cached(path: Path, c: Calibration, key: str) -> bool:
     """Store `c` in the database at `path` (an atomic update); False when it cannot be written."""
-    from featurescope.store import update_db
+    from featurescope.featuredb.core import update_db
 
     if not writable(path):
         return False

@@ -1,7 +1,7 @@
 """Steering values: parse "5x" / "-2x" / "0" / "12.5" and resolve multiples against the features' max activations.
 
 A value ending in `x` (or `×`) is a multiple of the feature's maximum activation over the corpus, read from the
-feature database (`featurescope.store`) or given directly; any other number is an absolute activation. 0 is
+feature database (`featurescope.featuredb.core`) or given directly; any other number is an absolute activation. 0 is
 ablation in clamp mode. Values are in the SAE's feature units (what `sae.encode` returns). `auto` stands for
 the feature's calibrated multiple (`steering.calibrate`), which the caller resolves before steering.
 """
@@ -139,8 +139,8 @@ def resolve_values(features: Mapping[int, Any], d_sae: int, max_acts: MaxActivat
 
 
 def open_feature_store(db: str | Path) -> Any:
-    """Open the feature database at `db` (`featurescope.store.FeatureStore`)."""
-    from featurescope.store import FeatureStore
+    """Open the feature database at `db` (`featurescope.featuredb.core.FeatureStore`)."""
+    from featurescope.featuredb.core import FeatureStore
 
     return FeatureStore.open(db)
 

@@ -1,6 +1,7 @@
-"""Vision-language models: loading, image inputs, image harvest with patch bookkeeping, image tables.
+"""Images for vision-language models: reading and fitting image inputs, the image part of activation stores, and
+one image through model + SAE (docs/multimodal.md).
 
-`models` loads image-text-to-text models; `layout` maps image tokens to patches; `inputs` reads and fits
-images; `harvest` writes image stores; `store` reads their image part; `db` holds the database's image
-tables; `encode` runs one image through model + SAE; `steer` generates given an image (docs/multimodal.md).
+`inputs` reads and fits images; `store` reads the image part of a store (`featurescope harvest-images` writes
+them); `encode` runs one image through model + SAE. The models themselves are `featurescope.models.vision` and
+`featurescope.models.image_layout`; steering's `images` generates given an image.
 """

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
+from featurescope.models.vision import VisionLanguageModel
 from featurescope.sae import SAE
 from featurescope.vision.inputs import Fitted, fit, load_image
-from featurescope.vision.models import VisionLanguageModel
 
 
 class ImageCodes(NamedTuple):

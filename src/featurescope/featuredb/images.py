@@ -1,7 +1,7 @@
 """The image tables of a feature database: top images with per-patch activations, top text-only contexts, the
 modality score, and the paired image/caption probe (schema: docs/formats/features-db-images.md).
 
-They are added to a database that `analyze` wrote, through `featurescope.store.update_db` (a copy renamed into
+They are added to a database that `analyze` wrote, through `featurescope.featuredb.core.update_db` (a copy renamed into
 place only when complete), so the tables of `analyze` are never changed and a text-only database reads as before.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from featurescope.errors import FeaturescopeError
-from featurescope.store import FeatureStore
+from featurescope.featuredb.core import FeatureStore
 
 ANALYSIS_SCHEMA = """
 CREATE TABLE images_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from featurescope.activations import MANIFEST
 from featurescope.atomic import write_json
 from featurescope.distributed.world import World, join
-from featurescope.harvest_store import (
+from featurescope.harvest.heldout import split_contexts
+from featurescope.harvest.writer import (
     HarvestConfig,
     HarvestResult,
     add_shard,
@@ -36,7 +37,6 @@ from featurescope.harvest_store import (
     special_ids,
     write_shard,
 )
-from featurescope.heldout import split_contexts
 from featurescope.models import LanguageModel
 
 

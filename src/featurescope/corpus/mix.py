@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurescope.corpus import BIBLE_TRANSLATIONS, WIKI_LICENCE, BibleSource, Document, TextSource, WikiSource
+from featurescope.corpus.sources import BIBLE_TRANSLATIONS, WIKI_LICENCE, BibleSource, Document, TextSource, WikiSource
 
 MIX_SHARES = {"wiki": 0.5, "code": 0.2, "bible": 0.3}
 """Fraction of the characters from each part."""

@@ -3,9 +3,9 @@
 Resumable at shard granularity: each shard is written atomically and then recorded in the manifest
 (also atomically), so a run killed at any moment and rerun with the same settings continues after the
 last recorded shard and ends with exactly the requested number of activation rows (held-out rows
-included). Whole documents are held out of training (`--heldout`, see `featurescope.heldout`); their
+included). Whole documents are held out of training (`--heldout`, see `featurescope.harvest.heldout`); their
 contexts are interleaved in the one deterministic context stream and flagged in each shard. Under torchrun (or with
-`--distributed N`) the ranks share the shards: see `featurescope.distributed.harvest_shard`.
+`--distributed N`) the ranks share the shards: see `featurescope.harvest.sharded`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from featurescope.activations import MANIFEST
 from featurescope.atomic import read_json, write_json
 from featurescope.errors import FeaturescopeError
-from featurescope.harvest_store import (
+from featurescope.harvest.heldout import split_contexts
+from featurescope.harvest.writer import (
     HarvestConfig,
     HarvestResult,
     add_shard,
@@ -33,7 +34,6 @@ from featurescope.harvest_store import (
     validate,
     write_shard,
 )
-from featurescope.heldout import split_contexts
 from featurescope.models import LanguageModel
 
 __all__ = ["HarvestConfig", "HarvestResult", "harvest"]
@@ -45,7 +45,7 @@ def harvest(cfg: HarvestConfig, *, model: LanguageModel | None = None, progress:
     from featurescope.distributed.world import launched
 
     if launched():
-        from featurescope.distributed.harvest_shard import harvest_ranks
+        from featurescope.harvest.sharded import harvest_ranks
 
         return harvest_ranks(cfg, model=model, progress=progress)
     if cfg.distributed > 1:

@@ -1,6 +1,6 @@
 """The LanguageModel wrapper: read or replace a causal LM's residual stream after block L.
 
-`featurescope.models.load_model` builds one by name; `featurescope.vision.models.VisionLanguageModel`
+`featurescope.models.load_model` builds one by name; `featurescope.models.vision.VisionLanguageModel`
 extends it for image-text-to-text models.
 """
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
-from featurescope.language_model import LanguageModel, default_device, resolve_dtype
-from featurescope.model_cache import BUILTIN_MODELS
-from featurescope.vision.inputs import Limit
-from featurescope.vision.layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
+from featurescope.models.cache import BUILTIN_MODELS
+from featurescope.models.image_layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
+from featurescope.models.language import LanguageModel, default_device, resolve_dtype
 
 EXAMPLE_MODEL = "google/gemma-3-4b-it"
 _STRUCTURE_ATTRS = ("fake_image_token_id", "global_image_token_id", "boi_token_id", "eoi_token_id",
@@ -45,6 +44,29 @@ def is_vision_language(folder: str | Path) -> bool:
         return getattr(AutoConfig.from_pretrained(str(folder)), "vision_config", None) is not None
     except (OSError, ValueError):
         return False
+
+
+class Limit(NamedTuple):
+    """The largest image a processor uses as it is (None: no such bound).
+
+    `longest_edge` and `max_pixels` bound the image; `input_size` (w, h) is a fixed input that every image is
+    resized to: a larger image is only downscaled as far as both sides stay at least that size.
+    """
+
+    longest_edge: int | None = None
+    max_pixels: int | None = None
+    input_size: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.longest_edge:
+            parts.append(f"{self.longest_edge} px longest edge")
+        if self.max_pixels:
+            parts.append(f"{self.max_pixels:,} pixels")
+        if self.input_size:
+            parts.append(f"{self.input_size[0]}×{self.input_size[1]} px input")
+        return " and ".join(parts) or "none"
+
 
 
 class VisionLanguageModel(LanguageModel):

@@ -22,16 +22,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featurescope import checkpoint
 from featurescope.activations import ActivationSource, open_source
 from featurescope.atomic import read_json, write_json
+from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.parallel import LOCAL, Parallel
 from featurescope.sae.resample import resample_dead
-from featurescope.train_config import Plan, TrainConfig
-from featurescope.train_layout import Layout
-from featurescope.train_setup import (
+from featurescope.train import checkpoint
+from featurescope.train.config import Plan, TrainConfig
+from featurescope.train.layout import Layout
+from featurescope.train.setup import (
     ADAM,
     EVAL_ROWS,
     GEOMEDIAN_SAMPLE,
@@ -47,7 +48,6 @@ from featurescope.train_setup import (
     default_lr,
     input_scale,
     param_groups,
-    pick_device,
 )
 
 __all__ = ["Plan", "TrainConfig", "TrainResult", "plan", "train"]
@@ -305,9 +305,9 @@ def _layout(cfg: TrainConfig, features: int) -> Layout:
 
     if not launched():
         return Layout(pick_device(cfg.device))
-    from featurescope.distributed.ddp import DataParallelLayout
-    from featurescope.distributed.feature_shard import FeatureShardLayout
     from featurescope.distributed.world import join, requested_size
+    from featurescope.train.data_parallel import DataParallelLayout
+    from featurescope.train.feature_shard import FeatureShardLayout
 
     check_ranks(cfg, features, requested_size())
     world = join(cfg.device, cfg.dist_backend)

@@ -13,15 +13,15 @@ from typing import Any, NamedTuple
 
 import torch
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.corpus import TextSource, open_corpus
 from featurescope.errors import FeaturescopeError
-from featurescope.heldout import DEFAULT_HELDOUT
-from featurescope.model_cache import DEFAULT_LAYERS
+from featurescope.harvest.heldout import DEFAULT_HELDOUT
 from featurescope.models import LanguageModel, load_model
+from featurescope.models.cache import DEFAULT_LAYERS
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
 

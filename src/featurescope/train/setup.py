@@ -1,4 +1,4 @@
-"""Defaults, validation and small helpers of `featurescope.train` (kept apart so the loop stays short)."""
+"""Defaults, validation and small helpers of the training loop (`loop`), kept apart so the loop stays short."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import torch
 from torch import Tensor
 
 from featurescope.activations import ActivationSource
+from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE
 from featurescope.sae.config import ARCHITECTURES
 
 if TYPE_CHECKING:
-    from featurescope.train_config import Plan, TrainConfig
+    from featurescope.train.config import Plan, TrainConfig
 
 ADAM: dict[str, tuple[tuple[float, float], float]] = {
     "relu": ((0.9, 0.999), 1e-8),  # Anthropic
@@ -121,19 +122,6 @@ def param_groups(sae: SAE, cfg: TrainConfig) -> list[dict[str, Any]]:
     if fast:
         groups.append({"params": [named[n] for n in fast], "lr_scale": cfg.threshold_lr_scale})
     return groups
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` → cuda if available, else cpu; an unavailable cuda is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FeaturescopeError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FeaturescopeError("--device cuda asked for, but no CUDA GPU is available")
-    return device
 
 
 def input_scale(sample: Tensor) -> float:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from featurescope.atomic import atomic_path
-from featurescope.db_check import check_database
 from featurescope.errors import FeaturescopeError
+from featurescope.featuredb.check import check_database
 from featurescope.tokentext import Merger, readable, text_has_words
 
 FORMAT = "featurescope.features"
@@ -252,7 +252,7 @@ def create_db(path: str | Path) -> Iterator[DBWriter]:
 
 UPDATE_LOCK_SUFFIX = ".probes.lock"
 """Writers that update an existing database take turns through `DB` + this lock file (POSIX flock); the name is
-the one `featurescope.probes.db` uses, so explanations and probe results never overwrite each other."""
+the one `featurescope.featuredb.probes` uses, so explanations and probe results never overwrite each other."""
 
 
 @contextmanager
@@ -328,7 +328,7 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str | Path, *, full_check: bool = False) -> FeatureStore:
-        """Open `path` after a cheap damage check (featurescope.db_check; `full_check`: SQLite's quick_check
+        """Open `path` after a cheap damage check (featurescope.featuredb.check; `full_check`: SQLite's quick_check
         at any size); a missing, unreadable, damaged or foreign file raises FeaturescopeError."""
         path = Path(path)
         if not path.is_file():

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from featurescope.store import FeatureStore
-from featurescope.store import update_db as store_update_db
+from featurescope.featuredb.core import FeatureStore
+from featurescope.featuredb.core import update_db as store_update_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,7 +77,7 @@ def ensure_schema(con: sqlite3.Connection) -> None:
 
 @contextmanager
 def update_db(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """`featurescope.store.update_db` (an atomic update of a copy, under the shared update lock) with the
+    """`featurescope.featuredb.core.update_db` (an atomic update of a copy, under the shared update lock) with the
     probes' tables created."""
     with store_update_db(path) as con:
         ensure_schema(con)

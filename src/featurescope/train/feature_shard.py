@@ -23,18 +23,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from featurescope import checkpoint
 from featurescope.activations import ActivationSource
 from featurescope.atomic import write_json
-from featurescope.distributed.ddp import GroupLayout, broadcast_state, split_sizes
-from featurescope.distributed.shard_io import write_gathered
-from featurescope.distributed.topk import global_row_top, global_top_k_flat
 from featurescope.distributed.world import World
 from featurescope.errors import FeaturescopeError
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.base import CFG_FILE, WEIGHTS_FILE
 from featurescope.sae.parallel import Parallel, RowTop
-from featurescope.train_setup import EVAL_ROWS
+from featurescope.train import checkpoint
+from featurescope.train.data_parallel import GroupLayout, broadcast_state, split_sizes
+from featurescope.train.gathered_file import write_gathered
+from featurescope.train.global_topk import global_row_top, global_top_k_flat
+from featurescope.train.setup import EVAL_ROWS
 
 T = TypeVar("T")
 

@@ -1,5 +1,5 @@
 """The settings of a training run: `TrainConfig` (each field a `featurescope train` flag) and `Plan`, the same
-with every default resolved against the data (`featurescope.train.plan`).
+with every default resolved against the data (`featurescope.train.loop.plan`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Where a training run's rows and features live, and what that changes in the loop: one process here.
 
-`featurescope.train` asks its `Layout` to build the SAE, cut each global batch, combine gradients, clip,
+The loop (`featurescope.train.loop`) asks its `Layout` to build the SAE, cut each global batch, combine gradients, clip,
 checkpoint, evaluate and save. This base class is the single-process run; the data-parallel and
-feature-sharded layouts of `featurescope.distributed` override what differs.
+feature-sharded layouts (`data_parallel`, `feature_shard`) override what differs.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from featurescope import checkpoint
 from featurescope.activations import ActivationSource
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.parallel import LOCAL, Parallel
-from featurescope.train_setup import evaluate_sample
+from featurescope.train import checkpoint
+from featurescope.train.setup import evaluate_sample
 
 T = TypeVar("T")
 

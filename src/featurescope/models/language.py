@@ -201,16 +201,19 @@ class LanguageModel:
         """`residual` for ready model inputs (keyword arguments of the HF model's forward)."""
         self.check_layer(layer)
         capture = Capture(stop=True)
-        handle = self.blocks[layer].register_forward_hook(capture)
+        self._forward_until(inputs, self.blocks[layer].register_forward_hook(capture))
+        if capture.output is None:
+            raise FeaturescopeError(f"block {layer} of {self.name} did not run")
+        return capture.output
+
+    def _forward_until(self, inputs: dict[str, Tensor], handle: torch.utils.hooks.RemovableHandle) -> None:
+        """Run the forward pass until the hook behind `handle` stops it (`StopForward`); remove the hook."""
         try:
             self.hf(**inputs, use_cache=False)
         except StopForward:
             pass
         finally:
             handle.remove()
-        if capture.output is None:
-            raise FeaturescopeError(f"block {layer} of {self.name} did not run")
-        return capture.output
 
     @torch.inference_mode()
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -224,28 +227,15 @@ class LanguageModel:
         if head is None or self.logit_transform_unknown:
             raise FeaturescopeError(f"{self.name}: cannot split the unembedding from the forward pass")
         capture = _CaptureInput()
-        handle = head.register_forward_pre_hook(capture)
-        try:
-            self.hf(**self._inputs(input_ids, attention_mask), use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
+        self._forward_until(self._inputs(input_ids, attention_mask), head.register_forward_pre_hook(capture))
         if capture.input is None:
             raise FeaturescopeError(f"the unembedding of {self.name} did not run")
         return capture.input
 
     @property
     def logit_transform_unknown(self) -> bool:
-        """True for configs that rescale logits in ways `head_logits` does not reproduce."""
+        """True for configs that rescale logits in ways `next_token_nll`'s own head does not reproduce."""
         return any(getattr(self.config, k, None) not in (None, 1, 1.0) for k in ("logit_scale", "logits_scaling"))
-
-    @torch.inference_mode()
-    def head_logits(self, hidden: Tensor) -> Tensor:
-        """Logits of `head_input` rows, with the model's final soft-capping (as its own forward computes them)."""
-        logits = self.hf.get_output_embeddings()(hidden)
-        cap = getattr(self.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.inference_mode()
     def next_token_nll(self, input_ids: Tensor, chunk: int = 128) -> Tensor:

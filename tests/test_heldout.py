@@ -114,6 +114,8 @@ def test_eval_defaults_to_heldout_and_labels_in_sample(split_store, gemma, tmp_p
     from featurescope.evaluate import _store_contexts
 
     assert torch.equal(_store_contexts(ActivationStore(split_store), 2, "heldout"), tokens[flags][:2])
+    with pytest.raises(FeaturescopeError, match="must be 0 or more"):
+        evaluate(EvalConfig(sae=str(sae_dir), activations=str(split_store), ood_contexts=-1), model=gemma)
     ins = evaluate(EvalConfig(sae=str(sae_dir), activations=str(split_store), split="train", ce_contexts=0),
                    model=gemma, progress=False)
     assert ins.in_sample and ins.reconstruction.rows == TOKENS - held and "in-sample" in ins.notes[0]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run_main
 from conftest import REPO
 from featurescope.activations import ActivationStore
 from featurescope.analysis import AnalyzeConfig, analyze
-from featurescope.cli import main
 from featurescope.featuredb import probes as probe_tables
 from featurescope.featuredb.core import FeatureStore
 from featurescope.sae import SAE, SAEConfig
@@ -50,12 +50,7 @@ def cli(gemma, monkeypatch, capsys):
     def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
         if stdin is not None:
             monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        try:
-            code = main(list(args))
-        except SystemExit as e:
-            code = int(e.code)
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_main(capsys, *args)
 
     return run
 

@@ -141,3 +141,47 @@ def test_explorer_steer_api_uses_auto_by_default(gemma, tmp_path, monkeypatch):
         assert [c["auto"] for c in start["columns"]][::2] == [{}, {}]  # the baseline and the fixed 2x column
         assert start["columns"][1]["auto"]["2"]["multiple"] == 1.0
         assert "1000x degenerates" in start["columns"][1]["auto"]["2"]["reason"]
+
+
+def _trial(m: float, *, fluent: bool = True, concept: float = 0.0, changed: bool = True) -> calibrate.Trial:
+    return calibrate.Trial(m, m, ["a text"], [Fluency(1, 1.0)], fluent, changed, concept)
+
+
+def test_choice_prefers_the_multiple_where_the_concept_shows():
+    cfg = CalibrationConfig()
+    assert cfg.needed() == 2 and CalibrationConfig(prompts=("a",)).needed() == 1
+    assert CalibrationConfig(prompts=("a", "b")).needed() == 2
+    assert CalibrationConfig(prompts=("a", "b", "c", "d"), quorum=0.5).needed() == 2
+    m, why = calibrate.choose([_trial(1, concept=0.05), _trial(1.5, concept=0.2), _trial(2, concept=0.1),
+                               _trial(3, fluent=False)], cfg)
+    assert m == 1.5 and "+20%" in why and "3x degenerates" in why
+    m, why = calibrate.choose([_trial(1, concept=0.09), _trial(2, concept=0.12), _trial(3, concept=0.13)], cfg)
+    assert m == 2 and "+12%" in why and "best +13%" in why  # the smallest within 0.75 of the best
+    assert calibrate.choose([_trial(1, concept=0.1), _trial(2, concept=0.1)], cfg)[0] == 1
+    m, why = calibrate.choose([_trial(1), _trial(1.5), _trial(2, fluent=False)], cfg)
+    assert m == 1.5 and "does not fire on the steered text" in why and "2x degenerates" in why
+    m, why = calibrate.choose([_trial(1, fluent=False), _trial(0.5, concept=0.1)], cfg)
+    assert m == 0.5 and "1x degenerates" in why
+    m, why = calibrate.choose([_trial(1, fluent=False), _trial(0.5, fluent=False)], cfg)
+    assert m == 1.0 and "no multiple tried stays fluent" in why
+    assert "unchanged" in calibrate.choose([_trial(1, changed=False)], cfg)[1]
+
+
+def test_firing_share_reads_each_continuation_as_if_alone(gemma):
+    sae = orthogonal_sae(bias=1.0)  # f_i = q_i·x/200 + 1: q_i·x/200 is -3…0 here, so some fire on some tokens
+    prompts = (PROMPT, "I went for a walk and")
+    tok = gemma.tokenizer
+    conts = [tok(" a long river that runs to the sea", add_special_tokens=False)["input_ids"],
+             tok(" saw", add_special_tokens=False)["input_ids"]]
+    seen = set()
+    for feature in range(8):
+        got = calibrate.firing_share(gemma, sae, 9, prompts, conts, feature, 0.0)
+        want = []
+        for p, c in zip(prompts, conts, strict=True):
+            head = tok(p)["input_ids"]
+            acts = sae.encode(gemma.residual(torch.tensor([head + c]), 9))[0, len(head):, feature]
+            want.append(float((acts > 0).float().mean()))
+        assert got == pytest.approx(want, abs=1e-6)
+        seen.update(got)
+    assert len(seen) > 2  # not all 0 or all 1: the shares measure something
+    assert calibrate.firing_share(gemma, sae, 9, prompts[:1], [[]], 0, 0.0) == [0.0]

@@ -255,10 +255,10 @@ def register(sub: Any) -> None:
     p.add_argument("--feature", type=int, action="append", required=True,
                    help="feature id to steer (repeat for several)")
     p.add_argument("--clamp", "--value", dest="clamp", action="append", metavar="VALUE",
-                   help="value per --feature: auto (the default: the largest multiple that keeps neutral "
-                        "continuations fluent, docs/steering.md; needs --db), a multiple of the max activation "
-                        "(5x, -2x; needs --db) or an absolute activation (12.5; 0 = ablate); one value applies to "
-                        "every feature")
+                   help="value per --feature: auto (the default: a multiple that keeps neutral continuations "
+                        "fluent and makes the feature fire on them, docs/steering.md; needs --db), a multiple of "
+                        "the max activation (5x, -2x; needs --db) or an absolute activation (12.5; 0 = ablate); one "
+                        "value applies to every feature")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--image", default="", help="an image shown before the prompt (image-text models)")
     p.add_argument("--db", default="", help="feature database (max activations, labels)")

@@ -2,7 +2,7 @@
 
 `hook` holds the edit and the context manager `steer`; `values` parses and resolves "5x"-style values;
 `generate` runs baseline and steered generations; `sweep` and `plot` measure a range of multiples; `images`
-generates given an image (a VLM); `calibrate` and `auto` find a feature's largest fluent clamp.
+generates given an image (a VLM); `calibrate` and `auto` find a feature's fluent clamp at which its concept shows.
 """
 
 from featurescope.steering.generate import Generation, generate

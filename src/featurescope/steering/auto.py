@@ -51,7 +51,8 @@ def write_cached(path: Path, c: Calibration, key: str) -> bool:
 
     if not writable(path):
         return False
-    trials = [{"multiple": t.multiple, "fluent": t.fluent, "changed": t.changed, "texts": t.texts,
+    trials = [{"multiple": t.multiple, "fluent": t.fluent, "changed": t.changed, "concept": round(t.concept, 4),
+               "texts": t.texts,
                "run": [f.run for f in t.fluency], "distinct": [round(f.distinct, 4) for f in t.fluency]}
               for t in c.trials]
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -13,6 +12,7 @@ from torch import Tensor, nn
 from featurescope.errors import FeaturescopeError
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.parallel import LOCAL, Parallel
+from featurescope.sae.registry import architecture_class, register
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -52,17 +52,14 @@ class SAE(nn.Module):
     """
 
     architecture: ClassVar[str] = ""
-    registry: ClassVar[dict[str, type[SAE]]] = {}
-    folder_reader: ClassVar[Callable[..., SAE]]
-    """What `load` calls: `featurescope.sae.io.load_any`, set when the package `featurescope.sae` is imported
-    (which any import of this module does first)."""
+    """The name in cfg.json and `--arch`; a subclass that sets it registers itself (`featurescope.sae.registry`)."""
     parallel: Parallel = LOCAL
     """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.architecture:
-            SAE.registry[cls.architecture] = cls
+        if cls.__dict__.get("architecture"):
+            register(cls)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -78,10 +75,7 @@ class SAE(nn.Module):
     @staticmethod
     def create(cfg: SAEConfig, *, seed: int = 0) -> SAE:
         """A freshly initialised SAE of `cfg.architecture`."""
-        cls = SAE.registry.get(cfg.architecture)
-        if cls is None:
-            raise FeaturescopeError(f"unknown SAE architecture {cfg.architecture!r}")
-        sae = cls(cfg)
+        sae = architecture_class(cfg.architecture)(cfg)
         sae.reset_parameters(torch.Generator().manual_seed(seed))
         return sae
 
@@ -215,15 +209,14 @@ class SAE(nn.Module):
     @staticmethod
     def load(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         """Load an SAE folder: ours, SAELens' or EleutherAI sparsify's (told apart by content)."""
-        return SAE.folder_reader(Path(path), device=device)
+        from featurescope.sae.io import load_any  # io reads folders into the classes of this module
+
+        return load_any(Path(path), device=device)
 
     @staticmethod
     def from_tensors(cfg: SAEConfig, tensors: dict[str, Tensor]) -> SAE:
         """Build an SAE of `cfg.architecture` from a dict shaped like `tensors()`."""
-        cls = SAE.registry.get(cfg.architecture)
-        if cls is None:
-            raise FeaturescopeError(f"unknown SAE architecture {cfg.architecture!r}")
-        sae = cls(cfg)
+        sae = architecture_class(cfg.architecture)(cfg)
         expected = sae.state_dict()
         missing = set(expected) - set(tensors)
         unexpected = set(tensors) - set(expected)

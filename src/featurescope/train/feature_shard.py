@@ -27,7 +27,7 @@ from featurescope.activations import ActivationSource
 from featurescope.atomic import write_json
 from featurescope.distributed.world import World
 from featurescope.errors import FeaturescopeError
-from featurescope.sae import SAE, SAEConfig
+from featurescope.sae import SAE, SAEConfig, architecture_class
 from featurescope.sae.base import CFG_FILE, WEIGHTS_FILE
 from featurescope.sae.parallel import Parallel, RowTop
 from featurescope.train import checkpoint
@@ -112,7 +112,7 @@ class FeatureParallel(Parallel):
 def per_feature_names(cfg: SAEConfig) -> list[str]:
     """The parameters of `cfg.architecture` indexed by feature along dim 0."""
     small = dataclasses.replace(cfg, d_sae=max(1, cfg.k or 1))
-    return SAE.registry[cfg.architecture](small).per_feature_params()
+    return architecture_class(cfg.architecture)(small).per_feature_params()
 
 
 def clip_sharded(sae: SAE, max_norm: float, world: World) -> None:
@@ -183,7 +183,7 @@ class FeatureShardLayout(GroupLayout):
         return sae
 
     def create_sae(self, cfg: SAEConfig, seed: int) -> SAE:
-        sae = self._attach(SAE.registry[cfg.architecture](self._local(cfg)), cfg)
+        sae = self._attach(architecture_class(cfg.architecture)(self._local(cfg)), cfg)
         sae.reset_parameters(torch.Generator().manual_seed(seed))  # this shard's rows of the whole init
         return sae
 

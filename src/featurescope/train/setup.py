@@ -11,8 +11,7 @@ from torch import Tensor
 from featurescope.activations import ActivationSource
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
-from featurescope.sae import SAE
-from featurescope.sae.config import ARCHITECTURES
+from featurescope.sae import SAE, architecture_class
 
 if TYPE_CHECKING:
     from featurescope.train.config import Plan, TrainConfig
@@ -77,8 +76,7 @@ def check_config(cfg: TrainConfig, *, have_source: bool) -> None:
         raise FeaturescopeError("--out is required (the folder to write the SAE to)")
     if not cfg.activations and not have_source:
         raise FeaturescopeError("--activations is required (an activation store folder or a .npy file)")
-    if cfg.arch not in ARCHITECTURES:
-        raise FeaturescopeError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    architecture_class(cfg.arch)  # an unknown name raises, listing the known ones
     checks = [
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),

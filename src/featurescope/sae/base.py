@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -55,6 +56,40 @@ class SAE(nn.Module):
     """The name in cfg.json and `--arch`; a subclass that sets it registers itself (`featurescope.sae.registry`)."""
     parallel: Parallel = LOCAL
     """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
+
+    # -- how `featurescope.train` trains it (class-level; each architecture sets its own) -------
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    adam_eps: ClassVar[float] = 1e-8
+    default_sparsity_coefficient: ClassVar[float | None] = None
+    """λ of the sparsity penalty when `--sparsity-coefficient` is not given (None: there is no λ)."""
+    fast_params: ClassVar[tuple[str, ...]] = ()
+    """Parameters whose learning rate is `--lr` × `--threshold-lr-scale`."""
+    resamples_dead: ClassVar[bool] = False
+    """Whether `--resample` re-initialises dead features (`featurescope.sae.resample`)."""
+    subtracts_b_dec: ClassVar[bool] = False
+    """`SAEConfig.apply_b_dec_to_input` of a newly trained SAE."""
+    training_settings: ClassVar[dict[str, str]] = {}
+    """The `cfg.extra` keys the architecture reads, each with the training setting that fills it: a field of
+    `featurescope.train.Plan` (resolved default) if it has one, else of `TrainConfig`."""
+
+    @classmethod
+    def default_k(cls, features: int) -> int | None:
+        """`cfg.k` of an SAE with `features` features when `--k` is not given (None: the architecture has no k)."""
+        return None
+
+    @classmethod
+    def default_k_aux(cls, d_in: int) -> int | None:
+        """AuxK's `k_aux` when `--k-aux` is not given (None: the architecture has no AuxK)."""
+        return None
+
+    @classmethod
+    def default_lr(cls, features: int) -> float:
+        """Unit-norm decoders: 2.8e-3 / √(features / 2^14), at most 8e-3.
+
+        OpenAI's 1/√features scaling with a 14x larger constant, tuned for runs of 10^2-10^4 steps on the
+        synthetic benchmark (docs/training.md); OpenAI's own 2e-4 suits runs 100x longer.
+        """
+        return min(8e-3, 2.8e-3 / math.sqrt(features / 2**14))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

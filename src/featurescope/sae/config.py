@@ -38,10 +38,10 @@ class SAEConfig:
     """Architecture- or source-specific settings kept for provenance."""
 
     def __post_init__(self) -> None:
-        architecture_class(self.architecture)  # an unknown name raises, listing the known ones
+        arch = architecture_class(self.architecture)
         if self.d_in <= 0 or self.d_sae <= 0:
             raise FeaturescopeError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
-        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= self.d_sae):
+        if arch.default_k(self.d_sae) is not None and (self.k is None or not 0 < self.k <= self.d_sae):
             raise FeaturescopeError(
                 f"{self.architecture} needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae})"
             )

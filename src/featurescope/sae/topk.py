@@ -13,6 +13,8 @@ kernels of `featurescope.sae.kernels`, so the backward pass touches k rows per i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -37,13 +39,27 @@ class TopKSAE(SAE):
     """
 
     architecture = "topk"
+    adam_betas, adam_eps = (0.9, 0.999), 6.25e-10  # OpenAI
+    subtracts_b_dec = True
+    training_settings: ClassVar[dict[str, str]] = {
+        "auxk_coefficient": "auxk_coefficient", "k_aux": "k_aux", "select_dtype": "select_dtype"}
+
+    @classmethod
+    def default_k(cls, features: int) -> int:
+        """k = 32 (sparsify's and a common OpenAI setting), at most features / 4."""
+        return max(1, min(32, features // 4))
+
+    @classmethod
+    def default_k_aux(cls, d_in: int) -> int:
+        """d_in / 2 (OpenAI)."""
+        return max(1, d_in // 2)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         assert cfg.k is not None
         self.k = cfg.k
         self.auxk_coefficient = float(cfg.extra.get("auxk_coefficient", AUXK_COEFFICIENT))
-        self.k_aux = int(cfg.extra.get("k_aux") or max(1, cfg.d_in // 2))
+        self.k_aux = int(cfg.extra.get("k_aux") or self.default_k_aux(cfg.d_in))
         self.select_dtype = SELECT_DTYPES[cfg.extra.get("select_dtype", "bfloat16")]
         self._scores: Tensor | None = None
 
@@ -159,6 +175,7 @@ class BatchTopKSAE(TopKSAE):
     """
 
     architecture = "batchtopk"
+    # Adam as TopK's (Bussmann et al.)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)

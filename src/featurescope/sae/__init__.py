@@ -1,7 +1,7 @@
 """Sparse autoencoders: one interface, several architectures. Importing this package registers them all
 (`featurescope.sae.registry`, in the order `ARCHITECTURES` lists them)."""
 
-from featurescope.sae.base import SAE, LossOutput, SparseCodes
+from featurescope.sae.base import SAE, ActiveFeatures, LossOutput, SparseCodes
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.io import load_any
 from featurescope.sae.registry import REGISTRY, architecture_class
@@ -17,6 +17,6 @@ ARCHITECTURES: tuple[str, ...] = tuple(REGISTRY)
 """The architecture names, as `featurescope train --arch` offers them."""
 
 __all__ = [
-    "ARCHITECTURES", "SAE", "BatchTopKSAE", "JumpReLUSAE", "LossOutput", "ReLUSAE", "SAEConfig",
+    "ARCHITECTURES", "SAE", "ActiveFeatures", "BatchTopKSAE", "JumpReLUSAE", "LossOutput", "ReLUSAE", "SAEConfig",
     "SparseCodes", "TopKSAE", "architecture_class", "load_any",
 ]

@@ -26,6 +26,17 @@ class SparseCodes(NamedTuple):
     indices: Tensor
 
 
+class ActiveFeatures(NamedTuple):
+    """The positive activations of a batch of rows, one entry each, sorted by row, then feature."""
+
+    row: Tensor
+    """[nnz] int64 row of the input."""
+    feature: Tensor
+    """[nnz] int64 feature id."""
+    value: Tensor
+    """[nnz] float32 activation (> 0)."""
+
+
 class LossOutput(NamedTuple):
     """What one training step's forward pass returns (all in normalised units)."""
 
@@ -184,6 +195,27 @@ class SAE(nn.Module):
         out = F.embedding_bag(indices.long(), self.W_dec, mode="sum",
                               per_sample_weights=values.to(self.W_dec.dtype))
         return self.denormalize(out + self.b_dec)
+
+    def encode_active(self, x: Tensor) -> ActiveFeatures:
+        """Raw activations [N, d_in] -> their positive activations, by row, then feature (ascending).
+
+        Generic version: the dense code's positive entries (architectures with a fixed k override it).
+        """
+        f = self.encode(x).float()
+        row, feature = (f > 0).nonzero(as_tuple=True)
+        return ActiveFeatures(row, feature, f[row, feature])
+
+    def feature_thresholds(self, index: Tensor) -> Tensor | None:
+        """θ [n] of features `index` if each one's activation is pre_i · 1[pre_i > θ_i], its own pre-activation
+        alone; None if it also depends on the other features (TopK)."""
+        return None
+
+    def decode_partial(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference decode of pre-activations `pre` [N, d_sae] by this process's features: the partial
+        reconstruction [N, d_in] (before `parallel.features_sum`, b_dec and `denormalize`) and the number of
+        active entries (feature sharding: each rank holds some features)."""
+        f = self.activation(pre)
+        return f @ self.W_dec, (f != 0).sum()
 
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:

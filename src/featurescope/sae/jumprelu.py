@@ -115,6 +115,9 @@ class JumpReLUSAE(SAE):
     def activation(self, pre: Tensor) -> Tensor:
         return pre * (pre > self.threshold)
 
+    def feature_thresholds(self, index: Tensor) -> Tensor:
+        return self.threshold.detach()[index]
+
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
         par = self.parallel
         pre = self.pre_acts(x_norm)

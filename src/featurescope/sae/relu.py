@@ -54,6 +54,9 @@ class ReLUSAE(SAE):
     def activation(self, pre: Tensor) -> Tensor:
         return pre.relu()
 
+    def feature_thresholds(self, index: Tensor) -> Tensor:
+        return self.b_enc.detach().new_zeros(len(index))
+
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
         par = self.parallel
         f = self.pre_acts(x_norm).relu()

@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from featurescope.sae.base import SAE, LossOutput, SparseCodes
+from featurescope.sae.base import SAE, ActiveFeatures, LossOutput, SparseCodes
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.init import normalize_rows, remove_parallel_grad, tied_init
 from featurescope.sae.kernels import Pattern, geometric_median, select_scores, sparse_dot, sparse_sum
@@ -86,6 +87,24 @@ class TopKSAE(SAE):
         x = x.reshape(-1, self.d_in).to(self.W_dec.dtype)
         values, indices = self._top(self.pre_acts(self.normalize(x)))
         return SparseCodes(values, indices)
+
+    def encode_active(self, x: Tensor) -> ActiveFeatures:
+        """From the k latents of each row (`encode_sparse`): no dense [N, d_sae] code."""
+        values, indices = self.encode_sparse(x)
+        indices, order = indices.sort(dim=1)
+        values = values.gather(1, order).float().flatten()
+        row = torch.arange(len(indices), device=indices.device).repeat_interleave(indices.shape[1])
+        keep = values > 0
+        return ActiveFeatures(row[keep], indices.flatten()[keep], values[keep])
+
+    def decode_partial(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """The k largest pre-activations of each row over all shards' features (`parallel.row_top`)."""
+        top = self.parallel.row_top(pre, self.k)
+        keep = top.keep if top.keep is not None else torch.ones_like(top.indices, dtype=torch.bool)
+        idx = torch.where(keep, top.indices, 0)
+        values = pre.gather(-1, idx).relu() * keep
+        partial = F.embedding_bag(idx, self.W_dec, mode="sum", per_sample_weights=values)
+        return partial, (values != 0).sum()
 
     # -- training ----------------------------------------------------------------------------
     def _centered(self, x_norm: Tensor) -> Tensor:
@@ -187,6 +206,15 @@ class BatchTopKSAE(TopKSAE):
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         return SAE.encode_sparse(self, x)
+
+    def encode_active(self, x: Tensor) -> ActiveFeatures:
+        return SAE.encode_active(self, x)
+
+    def feature_thresholds(self, index: Tensor) -> Tensor:
+        return self.threshold.detach().clamp_min(0).expand(len(index)).clone()
+
+    def decode_partial(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        return SAE.decode_partial(self, pre)
 
     def _select(self, x_c: Tensor) -> Pattern:
         scores = self._selection_scores(x_c)

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from featurescope.activations import ActivationSource
@@ -139,17 +138,7 @@ def sharded_evaluate(sae: SAE, source: ActivationSource, seed: int, device: torc
     mean = x.mean(0)
     for s in range(0, x.shape[0], 4096):
         xb = x[s : s + 4096]
-        pre = sae.pre_acts(sae.normalize(xb.to(sae.W_dec.dtype)))
-        if sae.cfg.architecture == "topk":
-            top = par.row_top(pre, sae.k)  # type: ignore[arg-type]
-            assert top.keep is not None
-            idx = torch.where(top.keep, top.indices, 0)
-            values = pre.gather(-1, idx).relu() * top.keep
-            partial = F.embedding_bag(idx, sae.W_dec, mode="sum", per_sample_weights=values)
-            count = (values != 0).sum()
-        else:
-            f = sae.activation(pre)
-            partial, count = f @ sae.W_dec, (f != 0).sum()
+        partial, count = sae.decode_partial(sae.pre_acts(sae.normalize(xb.to(sae.W_dec.dtype))))
         x_hat = sae.denormalize(par.features_sum(partial) + sae.b_dec)
         err += float((x_hat - xb).double().pow(2).sum())
         var += float((xb - mean).double().pow(2).sum())

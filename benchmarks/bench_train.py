@@ -34,9 +34,10 @@ import torch
 
 from featurescope.activations import NpySource
 from featurescope.atomic import atomic_path, write_json
+from featurescope.sae import TopKSAE
 from featurescope.synthetic import make_synthetic, recovery
 from featurescope.train import TrainConfig, train
-from featurescope.train.setup import default_dead_tokens, default_lr
+from featurescope.train.setup import default_dead_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,7 +162,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    lr = args.lr or default_lr("topk", args.features)
+    lr = args.lr or TopKSAE.default_lr(args.features)
     steps = math.ceil(args.rows / args.batch_size) * args.epochs
     dead_window = math.ceil(default_dead_tokens(steps * args.batch_size, args.batch_size) / args.batch_size)
     t = time.perf_counter()

@@ -58,27 +58,12 @@ def codes_from_dense(dense: Tensor) -> Codes:
 
 @torch.inference_mode()
 def encode_batch(sae: SAE, batch: Batch) -> Codes:
-    """Encode a batch's rows and list the nonzero activations.
-
-    A TopK SAE gives exactly k latents per row (`encode_sparse`), so no dense [rows, d_sae] tensor is made;
-    other architectures are encoded densely and their nonzeros extracted.
-    """
-    device = sae.W_dec.device
-    x = batch.acts.to(device)
-    C, T = batch.mask.shape
-    where = batch.mask.to(device).nonzero()
-    if sae.cfg.architecture == "topk":
-        values, indices = sae.encode_sparse(x)
-        indices, order = indices.sort(dim=1)
-        values = values.gather(1, order).float().flatten()
-        row = torch.arange(len(x), device=device).repeat_interleave(indices.shape[1])
-        keep = values > 0
-        row, feat, value = row[keep], indices.flatten()[keep], values[keep]
-    else:
-        f = sae.encode(x).float()
-        row, feat = (f > 0).nonzero(as_tuple=True)
-        value = f[row, feat]
-    return make_codes((C, T, sae.d_sae), row, where[row, 0], where[row, 1], feat, value)
+    """Encode a batch's rows and list the nonzero activations (`SAE.encode_active`: a TopK SAE makes no dense
+    [rows, d_sae] code)."""
+    x = batch.acts.to(sae.W_dec.device)
+    where = batch.mask.to(x.device).nonzero()
+    row, feat, value = sae.encode_active(x)
+    return make_codes((*batch.mask.shape, sae.d_sae), row, where[row, 0], where[row, 1], feat, value)
 
 
 def lookup(codes: Codes, ctx: Tensor, pos: Tensor, feat: Tensor) -> Tensor:

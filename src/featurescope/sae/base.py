@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from featurescope.errors import FeaturescopeError
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.parallel import LOCAL, Parallel
+from featurescope.sae.registry import architecture_class, register
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -23,6 +24,17 @@ class SparseCodes(NamedTuple):
 
     values: Tensor
     indices: Tensor
+
+
+class ActiveFeatures(NamedTuple):
+    """The positive activations of a batch of rows, one entry each, sorted by row, then feature."""
+
+    row: Tensor
+    """[nnz] int64 row of the input."""
+    feature: Tensor
+    """[nnz] int64 feature id."""
+    value: Tensor
+    """[nnz] float32 activation (> 0)."""
 
 
 class LossOutput(NamedTuple):
@@ -52,17 +64,48 @@ class SAE(nn.Module):
     """
 
     architecture: ClassVar[str] = ""
-    registry: ClassVar[dict[str, type[SAE]]] = {}
-    folder_reader: ClassVar[Callable[..., SAE]]
-    """What `load` calls: `featurescope.sae.io.load_any`, set when the package `featurescope.sae` is imported
-    (which any import of this module does first)."""
+    """The name in cfg.json and `--arch`; a subclass that sets it registers itself (`featurescope.sae.registry`)."""
     parallel: Parallel = LOCAL
     """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
 
+    # -- how `featurescope.train` trains it (class-level; each architecture sets its own) -------
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    adam_eps: ClassVar[float] = 1e-8
+    default_sparsity_coefficient: ClassVar[float | None] = None
+    """λ of the sparsity penalty when `--sparsity-coefficient` is not given (None: there is no λ)."""
+    fast_params: ClassVar[tuple[str, ...]] = ()
+    """Parameters whose learning rate is `--lr` × `--threshold-lr-scale`."""
+    resamples_dead: ClassVar[bool] = False
+    """Whether `--resample` re-initialises dead features (`featurescope.sae.resample`)."""
+    subtracts_b_dec: ClassVar[bool] = False
+    """`SAEConfig.apply_b_dec_to_input` of a newly trained SAE."""
+    training_settings: ClassVar[dict[str, str]] = {}
+    """The `cfg.extra` keys the architecture reads, each with the training setting that fills it: a field of
+    `featurescope.train.Plan` (resolved default) if it has one, else of `TrainConfig`."""
+
+    @classmethod
+    def default_k(cls, features: int) -> int | None:
+        """`cfg.k` of an SAE with `features` features when `--k` is not given (None: the architecture has no k)."""
+        return None
+
+    @classmethod
+    def default_k_aux(cls, d_in: int) -> int | None:
+        """AuxK's `k_aux` when `--k-aux` is not given (None: the architecture has no AuxK)."""
+        return None
+
+    @classmethod
+    def default_lr(cls, features: int) -> float:
+        """Unit-norm decoders: 2.8e-3 / √(features / 2^14), at most 8e-3.
+
+        OpenAI's 1/√features scaling with a 14x larger constant, tuned for runs of 10^2-10^4 steps on the
+        synthetic benchmark (docs/training.md); OpenAI's own 2e-4 suits runs 100x longer.
+        """
+        return min(8e-3, 2.8e-3 / math.sqrt(features / 2**14))
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.architecture:
-            SAE.registry[cls.architecture] = cls
+        if cls.__dict__.get("architecture"):
+            register(cls)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -78,10 +121,7 @@ class SAE(nn.Module):
     @staticmethod
     def create(cfg: SAEConfig, *, seed: int = 0) -> SAE:
         """A freshly initialised SAE of `cfg.architecture`."""
-        cls = SAE.registry.get(cfg.architecture)
-        if cls is None:
-            raise FeaturescopeError(f"unknown SAE architecture {cfg.architecture!r}")
-        sae = cls(cfg)
+        sae = architecture_class(cfg.architecture)(cfg)
         sae.reset_parameters(torch.Generator().manual_seed(seed))
         return sae
 
@@ -156,6 +196,27 @@ class SAE(nn.Module):
                               per_sample_weights=values.to(self.W_dec.dtype))
         return self.denormalize(out + self.b_dec)
 
+    def encode_active(self, x: Tensor) -> ActiveFeatures:
+        """Raw activations [N, d_in] -> their positive activations, by row, then feature (ascending).
+
+        Generic version: the dense code's positive entries (architectures with a fixed k override it).
+        """
+        f = self.encode(x).float()
+        row, feature = (f > 0).nonzero(as_tuple=True)
+        return ActiveFeatures(row, feature, f[row, feature])
+
+    def feature_thresholds(self, index: Tensor) -> Tensor | None:
+        """θ [n] of features `index` if each one's activation is pre_i · 1[pre_i > θ_i], its own pre-activation
+        alone; None if it also depends on the other features (TopK)."""
+        return None
+
+    def decode_partial(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference decode of pre-activations `pre` [N, d_sae] by this process's features: the partial
+        reconstruction [N, d_in] (before `parallel.features_sum`, b_dec and `denormalize`) and the number of
+        active entries (feature sharding: each rank holds some features)."""
+        f = self.activation(pre)
+        return f @ self.W_dec, (f != 0).sum()
+
     def _check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
             raise FeaturescopeError(
@@ -215,15 +276,14 @@ class SAE(nn.Module):
     @staticmethod
     def load(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         """Load an SAE folder: ours, SAELens' or EleutherAI sparsify's (told apart by content)."""
-        return SAE.folder_reader(Path(path), device=device)
+        from featurescope.sae.io import load_any  # io reads folders into the classes of this module
+
+        return load_any(Path(path), device=device)
 
     @staticmethod
     def from_tensors(cfg: SAEConfig, tensors: dict[str, Tensor]) -> SAE:
         """Build an SAE of `cfg.architecture` from a dict shaped like `tensors()`."""
-        cls = SAE.registry.get(cfg.architecture)
-        if cls is None:
-            raise FeaturescopeError(f"unknown SAE architecture {cfg.architecture!r}")
-        sae = cls(cfg)
+        sae = architecture_class(cfg.architecture)(cfg)
         expected = sae.state_dict()
         missing = set(expected) - set(tensors)
         unexpected = set(tensors) - set(expected)

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featurescope.errors import FeaturescopeError
+from featurescope.sae.registry import architecture_class
 
 FORMAT_NAME = "featurescope.sae"
 FORMAT_VERSION = 1
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SAEConfig:
     d_sae: int
     """Number of features."""
     architecture: str = "topk"
-    """One of relu (Anthropic's ReLU + L1·‖W_dec‖), topk, batchtopk, jumprelu."""
+    """A name of `featurescope.sae.registry`: relu (Anthropic's ReLU + L1·‖W_dec‖), topk, batchtopk, jumprelu."""
     k: int | None = None
     """Active features per token for topk; mean active features per token for batchtopk."""
     apply_b_dec_to_input: bool = True
@@ -38,13 +38,10 @@ class SAEConfig:
     """Architecture- or source-specific settings kept for provenance."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise FeaturescopeError(
-                f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
-            )
+        arch = architecture_class(self.architecture)
         if self.d_in <= 0 or self.d_sae <= 0:
             raise FeaturescopeError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
-        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= self.d_sae):
+        if arch.default_k(self.d_sae) is not None and (self.k is None or not 0 < self.k <= self.d_sae):
             raise FeaturescopeError(
                 f"{self.architecture} needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae})"
             )

@@ -21,6 +21,7 @@ from torch import Tensor
 from featurescope.errors import FeaturescopeError
 from featurescope.sae.base import SAE
 from featurescope.sae.config import SAEConfig
+from featurescope.sae.registry import architecture_class
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
@@ -98,7 +99,7 @@ def fold_whitening(
 @torch.no_grad()
 def build_sae(cfg: SAEConfig, w: PlainWeights, *, input_scale: float = 1.0) -> SAE:
     """An SAE of `cfg.architecture` holding weights `w` (in the units after multiplying by `input_scale`)."""
-    sae = SAE.registry[cfg.architecture](cfg)
+    sae = architecture_class(cfg.architecture)(cfg)
     dt = sae.W_dec.dtype
     sae.W_enc_rows.copy_(w.W_enc_rows.to(dt))
     sae.b_enc.copy_(w.b_enc.to(dt))

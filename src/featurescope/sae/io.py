@@ -97,9 +97,6 @@ def load_any(path: Path, *, device: str | torch.device = "cpu") -> SAE:
     return sae.to(device).eval()
 
 
-SAE.folder_reader = load_any
-
-
 def export(sae: SAE, out: Path, fmt: ExportFormat, *, overwrite: bool = False) -> Path:
     """Write `sae` as a folder that the peer library's own loader reads, with input_scale folded in.
 

@@ -11,7 +11,7 @@ gradient H(z − θ) through the activation and none through the penalty. Decode
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +86,13 @@ class JumpReLUSAE(SAE):
     """
 
     architecture = "jumprelu"
+    adam_betas, adam_eps = (0.0, 0.999), 1e-8  # Gemma Scope
+    default_sparsity_coefficient = L0_COEFFICIENT
+    fast_params = ("log_threshold",)
+    resamples_dead = True
+    training_settings: ClassVar[dict[str, str]] = {
+        "l0_coefficient": "sparsity_coefficient", "warmup": "warmup", "bandwidth": "bandwidth",
+        "init_threshold": "init_threshold"}
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -107,6 +114,9 @@ class JumpReLUSAE(SAE):
 
     def activation(self, pre: Tensor) -> Tensor:
         return pre * (pre > self.threshold)
+
+    def feature_thresholds(self, index: Tensor) -> Tensor:
+        return self.threshold.detach()[index]
 
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
         par = self.parallel

@@ -8,6 +8,8 @@ random directions of norm 0.1 with W_enc = W_decᵀ.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,8 @@ L1_COEFFICIENT = 5.0
 INIT_DECODER_NORM = 0.1
 WARMUP = 0.05
 """Fraction of training over which λ warms up from 0 (Anthropic: 5%)."""
+LR = 3e-3
+"""Default learning rate (see docs/training.md for why not the paper's 5e-5)."""
 
 
 class ReLUSAE(SAE):
@@ -29,6 +33,15 @@ class ReLUSAE(SAE):
     """
 
     architecture = "relu"
+    adam_betas, adam_eps = (0.9, 0.999), 1e-8  # Anthropic
+    default_sparsity_coefficient = L1_COEFFICIENT
+    resamples_dead = True
+    training_settings: ClassVar[dict[str, str]] = {"l1_coefficient": "sparsity_coefficient", "warmup": "warmup"}
+
+    @classmethod
+    def default_lr(cls, features: int) -> float:
+        """3e-3, whatever the width (the decoder norms are free)."""
+        return LR
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -40,6 +53,9 @@ class ReLUSAE(SAE):
 
     def activation(self, pre: Tensor) -> Tensor:
         return pre.relu()
+
+    def feature_thresholds(self, index: Tensor) -> Tensor:
+        return self.b_enc.detach().new_zeros(len(index))
 
     def training_loss(self, x_norm: Tensor, progress: float, dead: Tensor | None = None) -> LossOutput:
         par = self.parallel

@@ -13,10 +13,13 @@ kernels of `featurescope.sae.kernels`, so the backward pass touches k rows per i
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from featurescope.sae.base import SAE, LossOutput, SparseCodes
+from featurescope.sae.base import SAE, ActiveFeatures, LossOutput, SparseCodes
 from featurescope.sae.config import SAEConfig
 from featurescope.sae.init import normalize_rows, remove_parallel_grad, tied_init
 from featurescope.sae.kernels import Pattern, geometric_median, select_scores, sparse_dot, sparse_sum
@@ -37,13 +40,27 @@ class TopKSAE(SAE):
     """
 
     architecture = "topk"
+    adam_betas, adam_eps = (0.9, 0.999), 6.25e-10  # OpenAI
+    subtracts_b_dec = True
+    training_settings: ClassVar[dict[str, str]] = {
+        "auxk_coefficient": "auxk_coefficient", "k_aux": "k_aux", "select_dtype": "select_dtype"}
+
+    @classmethod
+    def default_k(cls, features: int) -> int:
+        """k = 32 (sparsify's and a common OpenAI setting), at most features / 4."""
+        return max(1, min(32, features // 4))
+
+    @classmethod
+    def default_k_aux(cls, d_in: int) -> int:
+        """d_in / 2 (OpenAI)."""
+        return max(1, d_in // 2)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         assert cfg.k is not None
         self.k = cfg.k
         self.auxk_coefficient = float(cfg.extra.get("auxk_coefficient", AUXK_COEFFICIENT))
-        self.k_aux = int(cfg.extra.get("k_aux") or max(1, cfg.d_in // 2))
+        self.k_aux = int(cfg.extra.get("k_aux") or self.default_k_aux(cfg.d_in))
         self.select_dtype = SELECT_DTYPES[cfg.extra.get("select_dtype", "bfloat16")]
         self._scores: Tensor | None = None
 
@@ -70,6 +87,24 @@ class TopKSAE(SAE):
         x = x.reshape(-1, self.d_in).to(self.W_dec.dtype)
         values, indices = self._top(self.pre_acts(self.normalize(x)))
         return SparseCodes(values, indices)
+
+    def encode_active(self, x: Tensor) -> ActiveFeatures:
+        """From the k latents of each row (`encode_sparse`): no dense [N, d_sae] code."""
+        values, indices = self.encode_sparse(x)
+        indices, order = indices.sort(dim=1)
+        values = values.gather(1, order).float().flatten()
+        row = torch.arange(len(indices), device=indices.device).repeat_interleave(indices.shape[1])
+        keep = values > 0
+        return ActiveFeatures(row[keep], indices.flatten()[keep], values[keep])
+
+    def decode_partial(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """The k largest pre-activations of each row over all shards' features (`parallel.row_top`)."""
+        top = self.parallel.row_top(pre, self.k)
+        keep = top.keep if top.keep is not None else torch.ones_like(top.indices, dtype=torch.bool)
+        idx = torch.where(keep, top.indices, 0)
+        values = pre.gather(-1, idx).relu() * keep
+        partial = F.embedding_bag(idx, self.W_dec, mode="sum", per_sample_weights=values)
+        return partial, (values != 0).sum()
 
     # -- training ----------------------------------------------------------------------------
     def _centered(self, x_norm: Tensor) -> Tensor:
@@ -159,6 +194,7 @@ class BatchTopKSAE(TopKSAE):
     """
 
     architecture = "batchtopk"
+    # Adam as TopK's (Bussmann et al.)
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -170,6 +206,15 @@ class BatchTopKSAE(TopKSAE):
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         return SAE.encode_sparse(self, x)
+
+    def encode_active(self, x: Tensor) -> ActiveFeatures:
+        return SAE.encode_active(self, x)
+
+    def feature_thresholds(self, index: Tensor) -> Tensor:
+        return self.threshold.detach().clamp_min(0).expand(len(index)).clone()
+
+    def decode_partial(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        return SAE.decode_partial(self, pre)
 
     def _select(self, x_c: Tensor) -> Pattern:
         scores = self._selection_scores(x_c)

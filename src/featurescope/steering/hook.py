@@ -39,32 +39,26 @@ from featurescope.steering.values import (
 )
 
 MODES = ("clamp", "add", "conditional")
-_LOCAL = ("relu", "jumprelu", "batchtopk")
-"""Architectures whose feature i at inference depends on its own pre-activation only (f_i = g(pre_i))."""
 
 
 class FeatureReader:
     """f_i(x) for a few features, equal to `sae.encode(x)[..., features]`.
 
-    For ReLU, JumpReLU and BatchTopK SAEs only the selected encoder rows are multiplied (cheap for wide SAEs);
-    TopK needs every pre-activation to know whether feature i is among the k largest.
+    Where each feature depends on its own pre-activation only (`SAE.feature_thresholds`: ReLU, JumpReLU,
+    BatchTopK) only the selected encoder rows are multiplied (cheap for wide SAEs); TopK needs every
+    pre-activation to know whether feature i is among the k largest.
     """
 
     def __init__(self, sae: SAE, features: list[int]) -> None:
         self.sae = sae
         self.index = torch.tensor(features, dtype=torch.long, device=sae.W_dec.device)
-        arch = sae.cfg.architecture
-        self.local = arch in _LOCAL
-        if self.local:
-            with torch.no_grad():
+        with torch.no_grad():
+            threshold = sae.feature_thresholds(self.index)
+            self.local = threshold is not None
+            if threshold is not None:
+                self.threshold = threshold
                 self.rows = sae.W_enc_rows.detach()[self.index]
                 self.bias = sae.b_enc.detach()[self.index]
-                if arch == "relu":
-                    self.threshold = torch.zeros_like(self.bias)
-                elif arch == "jumprelu":
-                    self.threshold = sae.threshold.detach()[self.index]
-                else:
-                    self.threshold = sae.threshold.detach().clamp_min(0).expand_as(self.bias).clone()
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:

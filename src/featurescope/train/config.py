@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from featurescope.cli_args import option
-from featurescope.sae.config import ARCHITECTURES
+from featurescope.sae import ARCHITECTURES
 
 
 @dataclass

@@ -20,14 +20,13 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from featurescope.activations import ActivationSource
 from featurescope.atomic import write_json
 from featurescope.distributed.world import World
 from featurescope.errors import FeaturescopeError
-from featurescope.sae import SAE, SAEConfig
+from featurescope.sae import SAE, SAEConfig, architecture_class
 from featurescope.sae.base import CFG_FILE, WEIGHTS_FILE
 from featurescope.sae.parallel import Parallel, RowTop
 from featurescope.train import checkpoint
@@ -112,7 +111,7 @@ class FeatureParallel(Parallel):
 def per_feature_names(cfg: SAEConfig) -> list[str]:
     """The parameters of `cfg.architecture` indexed by feature along dim 0."""
     small = dataclasses.replace(cfg, d_sae=max(1, cfg.k or 1))
-    return SAE.registry[cfg.architecture](small).per_feature_params()
+    return architecture_class(cfg.architecture)(small).per_feature_params()
 
 
 def clip_sharded(sae: SAE, max_norm: float, world: World) -> None:
@@ -139,17 +138,7 @@ def sharded_evaluate(sae: SAE, source: ActivationSource, seed: int, device: torc
     mean = x.mean(0)
     for s in range(0, x.shape[0], 4096):
         xb = x[s : s + 4096]
-        pre = sae.pre_acts(sae.normalize(xb.to(sae.W_dec.dtype)))
-        if sae.cfg.architecture == "topk":
-            top = par.row_top(pre, sae.k)  # type: ignore[arg-type]
-            assert top.keep is not None
-            idx = torch.where(top.keep, top.indices, 0)
-            values = pre.gather(-1, idx).relu() * top.keep
-            partial = F.embedding_bag(idx, sae.W_dec, mode="sum", per_sample_weights=values)
-            count = (values != 0).sum()
-        else:
-            f = sae.activation(pre)
-            partial, count = f @ sae.W_dec, (f != 0).sum()
+        partial, count = sae.decode_partial(sae.pre_acts(sae.normalize(xb.to(sae.W_dec.dtype))))
         x_hat = sae.denormalize(par.features_sum(partial) + sae.b_dec)
         err += float((x_hat - xb).double().pow(2).sum())
         var += float((xb - mean).double().pow(2).sum())
@@ -183,7 +172,7 @@ class FeatureShardLayout(GroupLayout):
         return sae
 
     def create_sae(self, cfg: SAEConfig, seed: int) -> SAE:
-        sae = self._attach(SAE.registry[cfg.architecture](self._local(cfg)), cfg)
+        sae = self._attach(architecture_class(cfg.architecture)(self._local(cfg)), cfg)
         sae.reset_parameters(torch.Generator().manual_seed(seed))  # this shard's rows of the whole init
         return sae
 

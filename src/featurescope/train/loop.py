@@ -26,26 +26,22 @@ from featurescope.activations import ActivationSource, open_source
 from featurescope.atomic import read_json, write_json
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
-from featurescope.sae import SAE, SAEConfig
+from featurescope.sae import SAE, SAEConfig, architecture_class
 from featurescope.sae.parallel import LOCAL, Parallel
 from featurescope.sae.resample import resample_dead
 from featurescope.train import checkpoint
 from featurescope.train.config import Plan, TrainConfig
 from featurescope.train.layout import Layout
 from featurescope.train.setup import (
-    ADAM,
     EVAL_ROWS,
     GEOMEDIAN_SAMPLE,
     SCALE_SAMPLE,
-    SPARSITY,
     HeadSource,
     arch_settings,
     check_config,
     check_ranks,
     default_dead_tokens,
     default_features,
-    default_k,
-    default_lr,
     input_scale,
     param_groups,
 )
@@ -75,18 +71,20 @@ class TrainResult(NamedTuple):
 def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
     """Resolve `cfg`'s defaults for `source` (and check what depends on the data)."""
     d_in = source.d_model
+    arch = architecture_class(cfg.arch)
     features = cfg.features or default_features(d_in)
-    topk = cfg.arch in ("topk", "batchtopk")
-    k = (cfg.k or default_k(cfg.arch, features)) if topk else None
+    k_default, k_aux_default = arch.default_k(features), arch.default_k_aux(d_in)
+    k = None if k_default is None else cfg.k or k_default
     if k is not None and not 0 < k <= features:
         raise FeaturescopeError(f"--k must be in 1..features ({features}), got {k}")
     batches = source.num_batches(cfg.batch_size)
     total = batches * cfg.epochs
-    lam = None if topk else (cfg.sparsity_coefficient if cfg.sparsity_coefficient is not None
-                             else SPARSITY[cfg.arch])
+    lam = arch.default_sparsity_coefficient
+    if lam is not None and cfg.sparsity_coefficient is not None:
+        lam = cfg.sparsity_coefficient
     return Plan(
-        features=features, k=k, lr=cfg.lr or default_lr(cfg.arch, features), sparsity_coefficient=lam,
-        k_aux=(cfg.k_aux or max(1, d_in // 2)) if topk else None,
+        features=features, k=k, lr=cfg.lr or arch.default_lr(features), sparsity_coefficient=lam,
+        k_aux=None if k_aux_default is None else cfg.k_aux or k_aux_default,
         dead_tokens=cfg.dead_tokens or default_dead_tokens(total * cfg.batch_size, cfg.batch_size),
         batches_per_epoch=batches, total_steps=total,
     )
@@ -177,8 +175,9 @@ class _Run:
         self.lr, self.dead_tokens = p.lr, p.dead_tokens
         self.batches_per_epoch, self.total_steps = p.batches_per_epoch, p.total_steps
         self.ckpt_dir = out / CHECKPOINT_DIR
+        arch = architecture_class(cfg.arch)
         self.sae_cfg = SAEConfig(
-            d_in=d_in, d_sae=p.features, architecture=cfg.arch, k=p.k, apply_b_dec_to_input=p.k is not None,
+            d_in=d_in, d_sae=p.features, architecture=cfg.arch, k=p.k, apply_b_dec_to_input=arch.subtracts_b_dec,
             model=source.model, layer=source.layer, extra=arch_settings(cfg, p),
         )
         state = lay.load_checkpoint(self.ckpt_dir, self.sae_cfg)
@@ -190,8 +189,7 @@ class _Run:
             sae = lay.sae_from_tensors(self.sae_cfg, state.group("sae"))
         self.sae = sae.to(self.device)
         self.par = sae.parallel
-        betas, eps = ADAM[cfg.arch]
-        self.optimizer = torch.optim.Adam(param_groups(sae, cfg), lr=self.lr, betas=betas, eps=eps)
+        self.optimizer = torch.optim.Adam(param_groups(sae, cfg), lr=self.lr, betas=arch.adam_betas, eps=arch.adam_eps)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=self.device)
         self.step, self.tokens, self.elapsed = 0, 0, 0.0
@@ -211,7 +209,7 @@ class _Run:
             self.step, self.tokens = state.step, int(state.info["tokens"])
             self.elapsed = float(state.info["seconds"])
         self.resample_every = max(1, math.ceil(self.dead_tokens / cfg.batch_size))
-        self.do_resample = cfg.resample and cfg.arch in ("relu", "jumprelu")
+        self.do_resample = cfg.resample and arch.resamples_dead
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.autocast and self.device.type == "cuda")
         self.meter = _Meter()

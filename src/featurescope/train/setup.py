@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -11,23 +12,11 @@ from torch import Tensor
 from featurescope.activations import ActivationSource
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
-from featurescope.sae import SAE
-from featurescope.sae.config import ARCHITECTURES
+from featurescope.sae import SAE, architecture_class
 
 if TYPE_CHECKING:
     from featurescope.train.config import Plan, TrainConfig
 
-ADAM: dict[str, tuple[tuple[float, float], float]] = {
-    "relu": ((0.9, 0.999), 1e-8),  # Anthropic
-    "topk": ((0.9, 0.999), 6.25e-10),  # OpenAI
-    "batchtopk": ((0.9, 0.999), 6.25e-10),  # Bussmann et al. (as TopK)
-    "jumprelu": ((0.0, 0.999), 1e-8),  # Gemma Scope
-}
-"""(betas, eps) of Adam per architecture."""
-RELU_LR = 3e-3
-"""Default learning rate of the ReLU SAE (see docs/training.md for why not the paper's 5e-5)."""
-SPARSITY = {"relu": 5.0, "jumprelu": 1.0}
-"""Default λ per architecture."""
 SCALE_SAMPLE = 65536
 """Rows sampled to estimate the input scale."""
 GEOMEDIAN_SAMPLE = 16384
@@ -40,35 +29,16 @@ def default_features(d_in: int) -> int:
     return 8 * d_in
 
 
-def default_k(arch: str, features: int) -> int:
-    """k = 32 (sparsify's and a common OpenAI setting), at most features / 4."""
-    return max(1, min(32, features // 4))
-
-
-def default_lr(arch: str, features: int) -> float:
-    """Unit-norm decoders (topk, batchtopk, jumprelu): 2.8e-3 / √(features / 2^14), at most 8e-3; relu: 3e-3.
-
-    OpenAI's 1/√features scaling with a 14x larger constant, tuned for runs of 10^2-10^4 steps on the
-    synthetic benchmark (docs/training.md); OpenAI's own 2e-4 suits runs 100x longer.
-    """
-    if arch == "relu":
-        return RELU_LR
-    return min(8e-3, 2.8e-3 / math.sqrt(features / 2**14))
-
-
 def default_dead_tokens(total_tokens: int, batch_size: int) -> int:
     """Dead-feature window: 10% of the run's tokens, between one batch and 10M tokens."""
     return int(min(10_000_000, max(batch_size, total_tokens // 10)))
 
 
 def arch_settings(cfg: TrainConfig, plan: Plan) -> dict[str, Any]:
-    """The architecture's training settings, kept in `SAEConfig.extra` for the loss and for provenance."""
-    if cfg.arch in ("topk", "batchtopk"):
-        return {"auxk_coefficient": cfg.auxk_coefficient, "k_aux": plan.k_aux, "select_dtype": cfg.select_dtype}
-    if cfg.arch == "relu":
-        return {"l1_coefficient": plan.sparsity_coefficient, "warmup": cfg.warmup}
-    return {"l0_coefficient": plan.sparsity_coefficient, "warmup": cfg.warmup, "bandwidth": cfg.bandwidth,
-            "init_threshold": cfg.init_threshold}
+    """The architecture's training settings (`SAE.training_settings`), kept in `SAEConfig.extra` for the loss
+    and for provenance."""
+    settings = {**dataclasses.asdict(cfg), **plan._asdict()}
+    return {key: settings[name] for key, name in architecture_class(cfg.arch).training_settings.items()}
 
 
 def check_config(cfg: TrainConfig, *, have_source: bool) -> None:
@@ -77,8 +47,7 @@ def check_config(cfg: TrainConfig, *, have_source: bool) -> None:
         raise FeaturescopeError("--out is required (the folder to write the SAE to)")
     if not cfg.activations and not have_source:
         raise FeaturescopeError("--activations is required (an activation store folder or a .npy file)")
-    if cfg.arch not in ARCHITECTURES:
-        raise FeaturescopeError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    architecture_class(cfg.arch)  # an unknown name raises, listing the known ones
     checks = [
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
@@ -115,9 +84,10 @@ def check_ranks(cfg: TrainConfig, features: int, ranks: int) -> None:
 
 
 def param_groups(sae: SAE, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Adam's parameter groups, each with an `lr_scale` (JumpReLU's thresholds learn faster)."""
+    """Adam's parameter groups, each with an `lr_scale` (`SAE.fast_params`, e.g. JumpReLU's thresholds, learn
+    faster)."""
     named = dict(sae.named_parameters())
-    fast = ["log_threshold"] if cfg.arch == "jumprelu" else []
+    fast = list(sae.fast_params)
     groups = [{"params": [p for n, p in named.items() if n not in fast], "lr_scale": 1.0}]
     if fast:
         groups.append({"params": [named[n] for n in fast], "lr_scale": cfg.threshold_lr_scale})

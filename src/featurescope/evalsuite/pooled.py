@@ -1,0 +1,47 @@
+"""Texts through the model and the SAE, pooled per text: the mean residual and the mean SAE activations over the
+text's own tokens (the BOS and padding left out), as in SAEBench's sparse probing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from featurescope.models import LanguageModel
+from featurescope.probes.encode import tokenize
+from featurescope.sae import SAE
+
+
+class Pooled(NamedTuple):
+    """Per text: the mean residual [n, d_model] and the mean SAE activations [n, d_sae] (float32)."""
+
+    residual: np.ndarray
+    features: np.ndarray
+
+
+@torch.inference_mode()
+def pooled(model: LanguageModel, sae: SAE, layer: int, texts: Sequence[str], *, max_tokens: int = 64,
+           batch_size: int = 16, progress: bool = False, desc: str = "encode") -> Pooled:
+    """Mean residual and mean SAE activations of each text at block `layer` (texts cut to `max_tokens`)."""
+    ids, _ = tokenize(model, texts, max_tokens)
+    bos = [] if model.bos_id is None else [model.bos_id]
+    resid, feats = [], []
+    for s in tqdm(range(0, len(ids), batch_size), desc=desc, disable=not progress, dynamic_ncols=True):
+        rows = [bos + r for r in ids[s:s + batch_size]]
+        width = max(len(r) for r in rows)
+        batch = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for j, r in enumerate(rows):
+            batch[j, :len(r)] = torch.tensor(r)
+            mask[j, :len(r)] = 1
+        h = model.residual(batch, layer, attention_mask=mask).float()
+        own = mask.to(h.device).bool()
+        own[:, :len(bos)] = False
+        h = h * own.unsqueeze(-1)  # padding zeroed: finite whatever the model leaves there
+        weight = (own.float() / own.sum(1, keepdim=True).clamp(min=1)).unsqueeze(-1)
+        resid.append((h * weight).sum(1).cpu())
+        feats.append((sae.encode(h) * weight.to(sae.W_dec.dtype)).sum(1).float().cpu())
+    return Pooled(torch.cat(resid).numpy(), torch.cat(feats).numpy())

@@ -1,0 +1,92 @@
+"""The offline suite's sparse probing: datasets from held-out corpus documents, pooling, and probes that tell an SAE
+with a known language feature from a random one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featurescope.errors import FeaturescopeError
+from featurescope.evalsuite import datasets as D
+from featurescope.evalsuite.pooled import pooled
+from featurescope.evalsuite.sparse_probing import sparse_probing, top_features
+from featurescope.harvest.heldout import is_heldout_document
+from featurescope.sae import SAE, SAEConfig
+
+LANGS = ("en", "fr", "de", "ru", "zh")
+
+
+@pytest.fixture(scope="module")
+def languages():
+    return D.language_id(LANGS, per_split=12)
+
+
+def test_datasets_hold_out_documents_and_split_them(languages):
+    assert languages.classes == list(LANGS)
+    assert len(languages.train) == len(languages.test) == 12 * len(LANGS)
+    assert not {t for t, _ in languages.train} & {t for t, _ in languages.test}
+    code = D.code_vs_prose(per_split=10)
+    assert code.classes == ["code", "prose"] and {c for _, c in code.train} == {0, 1}
+    assert any("def " in t or "import " in t for t, c in code.test if c == 0)
+    docs = list(D._verses("fr", 0.05, 300))
+    assert docs and all(is_heldout_document(d, 0.05) for d, _ in docs)
+    assert all(d.startswith("bible-fr:") for d, _ in docs)
+    assert {D.is_test_document("python:a/b.py:0"), D.is_test_document("python:a/b.py:7")} in ({True}, {False})
+    with pytest.raises(FeaturescopeError, match="two or more"):
+        D.language_id(("en", "xx"))
+
+
+def test_top_features_are_the_columns_that_differ():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 50))
+    y = (np.arange(200) % 2).astype(np.int64)
+    x[y == 1, 7] += 3.0
+    x[y == 1, 31] -= 2.0
+    assert top_features(x, y, 2).tolist() == [7, 31]
+
+
+def _language_sae(model, languages, layer: int, lang: int, d_sae: int = 64) -> SAE:
+    """A ReLU SAE of random unit rows, except feature 0: the direction from the other languages' mean residual to
+    `lang`'s, with a bias halfway between them (ground truth: feature 0 is a `lang` detector)."""
+    texts = [t for t, _ in languages.train]
+    labels = np.array([c for _, c in languages.train])
+    resid = pooled(model, SAE.create(SAEConfig(d_in=model.d_model, d_sae=1, architecture="relu", layer=layer)),
+                   layer, texts).residual
+    pos, neg = resid[labels == lang].mean(0), resid[labels != lang].mean(0)
+    direction = torch.tensor(pos - neg)
+    unit = direction / direction.norm()
+    rows = torch.nn.functional.normalize(torch.randn(d_sae, model.d_model, generator=torch.Generator().manual_seed(0)),
+                                         dim=1)
+    rows[0] = unit
+    sae = SAE.create(SAEConfig(d_in=model.d_model, d_sae=d_sae, architecture="relu", apply_b_dec_to_input=False,
+                               layer=layer))
+    with torch.no_grad():
+        sae.W_enc_rows.copy_(rows)
+        sae.W_dec.copy_(rows)
+        sae.b_dec.zero_()
+        sae.input_scale.fill_(1.0)
+        sae.b_enc.copy_(-(rows @ torch.tensor((pos + neg) / 2)))
+    return sae
+
+
+def test_sparse_probing_finds_a_planted_language_feature(gemma, languages):
+    layer = 9
+    planted = _language_sae(gemma, languages, layer, lang=1)  # French
+    random = SAE.create(planted.cfg)
+    random.load_state_dict(planted.state_dict())
+    with torch.no_grad():  # feature 0 now a random direction, with the bias it had
+        random.W_enc_rows[0] = torch.nn.functional.normalize(torch.randn(gemma.d_model), dim=0)
+    good = sparse_probing(gemma, planted, layer, [languages], ks=(1, 2))
+    bad = sparse_probing(gemma, random, layer, [languages], ks=(1, 2))
+    fr = good["eval_result_details"][0]["classes"]["fr"]
+    assert fr["top_features"][0] == 0 and fr["sae_top_1_test_accuracy"] >= 0.8  # measured: 0.83 (24 texts)
+    chance = bad["eval_result_details"][0]["classes"]["fr"]
+    assert 0 not in chance["top_features"][:1]
+    assert chance["sae_top_1_test_accuracy"] <= fr["sae_top_1_test_accuracy"] - 0.1  # measured: 0.71
+    metrics = good["eval_result_metrics"]
+    assert set(metrics["sae"]) == {"sae_test_accuracy", "sae_top_1_test_accuracy", "sae_top_2_test_accuracy"}
+    assert metrics["llm"]["llm_test_accuracy"] >= 0.9  # the residual tells five scripts and languages apart
+    assert good["eval_result_details"][0]["dataset_name"] == "language_id"
+    with pytest.raises(FeaturescopeError, match="k values"):
+        sparse_probing(gemma, planted, layer, [languages], ks=(0,))

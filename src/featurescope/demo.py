@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from featurescope.atomic import read_json, write_json
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 
 

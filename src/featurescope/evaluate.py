@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featurescope.activations import ActivationSource, ActivationStore, open_source
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, default_device, load_model

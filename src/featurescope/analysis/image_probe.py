@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from featurescope._version import __version__
 from featurescope.analysis.search import load_for_store
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.core import FeatureStore, update_db
 from featurescope.featuredb.images import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables

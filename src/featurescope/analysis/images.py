@@ -26,7 +26,7 @@ from featurescope.activations import ActivationStore, open_source
 from featurescope.analysis.accumulate import Codes, encode_batch, lookup, make_codes
 from featurescope.analysis.contexts import EMPTY, TopContexts, window_start
 from featurescope.analysis.source import Batch, StoreBatches
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.core import FeatureStore, update_db
 from featurescope.featuredb.images import ANALYSIS_SCHEMA, ANALYSIS_TABLES, insert, replace_tables

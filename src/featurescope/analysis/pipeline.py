@@ -15,7 +15,7 @@ import datetime
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ from featurescope.analysis.neighbours import nearest_neighbours
 from featurescope.analysis.source import ModelBatches, StoreBatches
 from featurescope.analysis.write import Finished, referenced_contexts, token_ids_used, write_db
 from featurescope.atomic import read_json
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.check import is_sqlite_file
 from featurescope.featuredb.core import FORMAT, VERSION, FeatureStore
@@ -51,44 +52,41 @@ VOLATILE = ("out", "device", "checkpoint_seconds", "overwrite", "explainer", "ex
 """Fields that do not change the analysis: a rerun may differ in them and still resume."""
 
 
-def _opt(default: Any, help_text: str, **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help_text, **meta})
-
-
 @dataclass
 class AnalyzeConfig:
     """Settings of `featurescope analyze` (each field is also a `--flag`)."""
 
-    sae: str = _opt("", "SAE folder (ours, SAELens or sparsify)")
-    out: str = _opt("features.db", "feature database to write")
-    model: str = _opt("", "model to load (empty: the SAE's, else the activation store's, else `default`)")
-    layer: int | None = _opt(None, "block the SAE reads (auto: the SAE's layer)")
-    corpus: str = _opt("wiki-en", "text to analyse when no --activations: wiki-en|fr|es, bible-<codes>, a .txt/.jsonl "
-                                  "path, hf:NAME")
-    activations: str = _opt("", "activation store (from `featurescope harvest`) to reuse instead of running the model")
-    tokens: int | None = _opt(None, f"tokens to analyse (auto: all of --activations, else {DEFAULT_TOKENS:,})")
-    ctx_len: int = _opt(128, "tokens per context when running the model (BOS first)")
-    seed: int = _opt(0, "seed of the corpus order and of the sampling")
-    batch_contexts: int | None = _opt(None, "contexts per batch (auto: as many as keep the SAE's pre-activations "
-                                            "under 256 MiB, at most 64)")
-    top_k: int = _opt(20, "top activating contexts kept per feature")
-    intervals: int = _opt(10, "equal-width intervals of [0, max] to sample examples from")
-    per_interval: int = _opt(5, "examples sampled per interval")
-    negatives: int = _opt(10, "windows where the feature never fires kept per feature (for scoring labels)")
-    window: int = _opt(32, "tokens shown around each example's position")
-    histogram_bins: int = _opt(50, "bins of the activation histogram over (0, max]")
-    logit_tokens: int = _opt(10, "top and bottom tokens of the logit effects kept per feature")
-    neighbours: int = _opt(10, "nearest neighbours stored per feature")
-    map: str = _opt("auto", "2-D map of the decoder directions: auto (umap if installed, else pca), umap, pca, none",
-                    choices=METHODS)
-    explainer: str = _opt("", "also explain features with an LLM: an OpenAI-compatible URL, or `local` for the "
-                              "model itself (see `featurescope explain`)")
-    explainer_model: str = _opt("", "model name sent to the explainer endpoint")
-    explain_features: int | None = _opt(None, "explain only the first N features that fire")
-    api_key_env: str = _opt("OPENAI_API_KEY", "environment variable holding the explainer's API key")
-    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
-    checkpoint_seconds: float = _opt(60.0, "checkpoint the running state every N seconds (0 = only between passes)")
-    overwrite: bool = _opt(False, "replace an existing database or unfinished analysis of other settings")
+    sae: str = option("", "SAE folder (ours, SAELens or sparsify)")
+    out: str = option("features.db", "feature database to write")
+    model: str = option("", "model to load (empty: the SAE's, else the activation store's, else `default`)")
+    layer: int | None = option(None, "block the SAE reads (auto: the SAE's layer)")
+    corpus: str = option("wiki-en", "text to analyse when no --activations: wiki-en|fr|es, bible-<codes>, a "
+                                    ".txt/.jsonl path, hf:NAME")
+    activations: str = option("", "activation store (from `featurescope harvest`) to reuse instead of running the "
+                                  "model")
+    tokens: int | None = option(None, f"tokens to analyse (auto: all of --activations, else {DEFAULT_TOKENS:,})")
+    ctx_len: int = option(128, "tokens per context when running the model (BOS first)")
+    seed: int = option(0, "seed of the corpus order and of the sampling")
+    batch_contexts: int | None = option(None, "contexts per batch (auto: as many as keep the SAE's pre-activations "
+                                              "under 256 MiB, at most 64)")
+    top_k: int = option(20, "top activating contexts kept per feature")
+    intervals: int = option(10, "equal-width intervals of [0, max] to sample examples from")
+    per_interval: int = option(5, "examples sampled per interval")
+    negatives: int = option(10, "windows where the feature never fires kept per feature (for scoring labels)")
+    window: int = option(32, "tokens shown around each example's position")
+    histogram_bins: int = option(50, "bins of the activation histogram over (0, max]")
+    logit_tokens: int = option(10, "top and bottom tokens of the logit effects kept per feature")
+    neighbours: int = option(10, "nearest neighbours stored per feature")
+    map: str = option("auto", "2-D map of the decoder directions: auto (umap if installed, else pca), umap, pca, none",
+                      choices=METHODS)
+    explainer: str = option("", "also explain features with an LLM: an OpenAI-compatible URL, or `local` for the "
+                                "model itself (see `featurescope explain`)")
+    explainer_model: str = option("", "model name sent to the explainer endpoint")
+    explain_features: int | None = option(None, "explain only the first N features that fire")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the explainer's API key")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    checkpoint_seconds: float = option(60.0, "checkpoint the running state every N seconds (0 = only between passes)")
+    overwrite: bool = option(False, "replace an existing database or unfinished analysis of other settings")
 
 
 class AnalyzeResult(NamedTuple):

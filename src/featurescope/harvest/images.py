@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.models.vision import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format

@@ -16,7 +16,7 @@ import torch
 from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.corpus import TextSource, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.harvest.heldout import DEFAULT_HELDOUT

@@ -23,7 +23,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel

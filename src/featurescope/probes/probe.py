@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from featurescope._version import __version__
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
 from featurescope.probes.encode import EncodedTexts, decode_tokens, encode_texts

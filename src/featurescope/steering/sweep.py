@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.sae.config import ARCHITECTURES
 
 

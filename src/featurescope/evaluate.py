@@ -50,7 +50,6 @@ class EvalConfig:
     device: str = option("auto", "cpu, cuda or auto")
     model_dtype: str = option("auto", "the model's compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 "
                               "(~2x faster on a CPU; CE loss recovered within 1e-4 of float32 on the demo SAE)")
-    json: bool = option(False, "print JSON instead of a table")
 
 
 class ReconstructionMetrics(NamedTuple):

@@ -56,13 +56,11 @@ class ProbeConfig:
     max_tokens: int = option(128, "tokens kept per text")
     batch_size: int = option(16, "texts per forward pass")
     seed: int = option(0, "seed of the split, the permutations and the bootstrap")
-    show: int = option(5, "candidates shown per category")
     device: str = option("auto", "cpu, cuda or auto")
-    json: bool = option(False, "print JSON instead of tables")
 
 
 class ProbeResult(NamedTuple):
-    """The categories of one run with the candidates' labels."""
+    """The categories of one run with every candidate's label."""
 
     path: Path
     probe_set: str
@@ -85,7 +83,7 @@ def check_config(cfg: ProbeConfig) -> ProbeSet:
     require(0 <= cfg.calibration < 1, f"--calibration must be in [0, 1) (got {cfg.calibration})")
     require(0 < cfg.alpha < 1, f"--alpha must be between 0 and 1 (got {cfg.alpha})")
     require(0.5 <= cfg.min_auroc <= 1, f"--min-auroc must be between 0.5 and 1 (got {cfg.min_auroc})")
-    for name in ("candidates", "permutations", "max_tokens", "batch_size", "show"):
+    for name in ("candidates", "permutations", "max_tokens", "batch_size"):
         require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
     require(cfg.controls >= 0, f"--controls must be ≥ 0 (got {cfg.controls})")
     require(cfg.mode in MODES, f"unknown --mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
@@ -170,8 +168,7 @@ def run_probe(cfg: ProbeConfig, *, sae: SAE | None = None, model: LanguageModel 
                 res_rows += [tuple(r) for r in con.execute("SELECT * FROM probe_results WHERE probe_set = ? AND "
                                                           "category != ?", (probe_set.name, cfg.category))]
             probe_tables.replace_probe(con, probe_set.name, meta, cat_rows, res_rows)
-        shown = {c.feature for r in results for c in r.candidates[:cfg.show]}
-        labels = best_labels(s.store, sorted(shown))
+        labels = best_labels(s.store, sorted({c.feature for r in results for c in r.candidates}))
     return ProbeResult(Path(cfg.db), probe_set.name, results, labels, time.perf_counter() - t0)
 
 

@@ -59,7 +59,6 @@ class SweepConfig:
     model: str = option("", "model to load; empty means the SAE's own")
     device: str = option("auto", "cpu, cuda or auto")
     out: str = option("steer-sweep", "folder for feature_N.json and feature_N.html")
-    json: bool = option(False, "print JSON instead of a table")
 
 
 class SweepRow(NamedTuple):

@@ -124,6 +124,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def flag_wording(e: FeaturescopeError) -> str:
+    """The message of `e` with each setting it names (`` `batch_size` ``) written as its flag (`--batch-size`)."""
+    text = str(e)
+    for name in e.settings:
+        text = text.replace(f"`{name}`", "--" + name.replace("_", "-"))
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (exit 2), like every other user error."""
 
@@ -212,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except FeaturescopeError as e:
-        print(f"featurescope: error: {clean(str(e))}", file=sys.stderr)
+        print(f"featurescope: error: {clean(flag_wording(e))}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.featuredb.check)
         print(f"featurescope: error: a database is damaged ({clean(str(e))}); rebuild it", file=sys.stderr)

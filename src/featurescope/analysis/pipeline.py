@@ -10,7 +10,6 @@ once the database is complete.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import shutil
@@ -40,6 +39,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.check import is_sqlite_file
 from featurescope.featuredb.core import FORMAT, VERSION, FeatureStore
 from featurescope.models import LanguageModel, load_model
+from featurescope.resume import resume_or_refuse, settings
 from featurescope.sae import SAE
 from featurescope.tokentext import token_bytes
 
@@ -47,8 +47,8 @@ DEFAULT_TOKENS = 1_000_000
 BATCH_FLOATS = 1 << 26
 """Default batch size: contexts × ctx_len × d_sae pre-activations at most this many floats (256 MiB)."""
 MAX_BATCH_CONTEXTS = 64
-VOLATILE = ("out", "device", "checkpoint_seconds", "overwrite", "explainer", "explainer_model", "explain_features",
-            "api_key_env")
+VOLATILE = frozenset({"out", "device", "checkpoint_seconds", "overwrite", "explainer", "explainer_model",
+                      "explain_features", "api_key_env"})
 """Fields that do not change the analysis: a rerun may differ in them and still resume."""
 
 
@@ -194,7 +194,7 @@ def _setup(cfg: AnalyzeConfig, model: LanguageModel | None, sae: SAE | None, dev
 
 
 def _identity(cfg: AnalyzeConfig, s: _Setup) -> dict[str, Any]:
-    rec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
+    rec = settings(cfg, VOLATILE)
     rec.update(sae=str(Path(cfg.sae).resolve()) if cfg.sae else None, model=s.model_name, layer=s.layer,
                tokens=s.tokens, batch_contexts=s.source.batch_contexts, sae_sha256=sae_fingerprint(s.sae))
     if cfg.activations:
@@ -214,11 +214,7 @@ def _existing(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
             old = db.meta.get("identity", {})
     except FeaturescopeError as e:
         raise FeaturescopeError(f"{e}; choose another --out or pass --overwrite") from None
-    if old == identity:
-        return True
-    changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-    raise FeaturescopeError(f"{out} holds an analysis with other settings ({', '.join(changed)} differ); "
-                            "use another --out or --overwrite")
+    return resume_or_refuse(old, identity, VOLATILE, f"{out} holds an analysis with other settings")
 
 
 def _work_dir(out: Path) -> Path:
@@ -229,9 +225,10 @@ def _resume(work: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, 
     if overwrite and work.exists():
         shutil.rmtree(work)
     info = state.load_info(work)
-    if info is not None and info.get("identity") != identity:
-        raise FeaturescopeError(f"{work} holds an unfinished analysis with other settings; rerun it with its own "
-                                "settings, or pass --overwrite to discard it")
+    if info is not None:
+        resume_or_refuse(info.get("identity", {}), identity, VOLATILE,
+                         f"{work} holds an unfinished analysis with other settings",
+                         advice="rerun it with its own settings, or pass `overwrite` to discard it")
     return info
 
 

@@ -30,6 +30,7 @@ from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.models.vision import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
+from featurescope.resume import resume_or_refuse
 from featurescope.vision.inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
 from featurescope.vision.store import (
     MODALITY,
@@ -137,10 +138,8 @@ def _prepare(cfg: ImageHarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[
     if old.get("format") != STORE_FORMAT or old.get("modality") != MODALITY:
         raise FeaturescopeError(f"{out}: holds something other than an image activation store; choose another "
                                 "--out or --overwrite")
-    diff = [f"{k} {old.get(k)!r} vs {fresh.get(k)!r}" for k in IDENTITY if old.get(k) != fresh.get(k)]
-    if diff:
-        raise FeaturescopeError(f"{out}: holds a harvest with other settings ({', '.join(diff)}); use another --out "
-                                "or --overwrite")
+    resume_or_refuse({k: old.get(k) for k in IDENTITY}, {k: fresh.get(k) for k in IDENTITY}, (),
+                     f"{out}: holds a harvest with other settings", values=True)
     old["complete"], old["config"] = False, asdict(cfg)
     return old
 

@@ -24,6 +24,7 @@ from featurescope.models import LanguageModel, load_model
 from featurescope.models.cache import DEFAULT_LAYERS
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
+from featurescope.resume import resume_or_refuse
 
 # Settings that must match for a rerun to continue an existing store.
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
@@ -130,11 +131,8 @@ def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, 
     old = read_json(out / MANIFEST)
     if old.get("format") != STORE_FORMAT:
         raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; choose another --out")
-    if _identity(old) != _identity(fresh):
-        diff = ", ".join(f"{k} {old.get(k)!r} vs {fresh.get(k)!r}" for k in IDENTITY if old.get(k) != fresh.get(k))
-        raise FeaturescopeError(
-            f"{out}: holds a harvest with other settings ({diff}); use another --out or --overwrite"
-        )
+    resume_or_refuse(_identity(old), _identity(fresh), (), f"{out}: holds a harvest with other settings",
+                     values=True)
     rows = sum(s["rows"] for s in old["shards"])
     if rows > cfg.tokens:
         raise FeaturescopeError(f"{out}: already holds {rows} rows, more than --tokens {cfg.tokens}")

@@ -54,6 +54,11 @@ class TrainConfig:
                              choices=("auto", "nccl", "gloo"))
 
 
+VOLATILE = frozenset({"out", "device", "log_every", "checkpoint_every", "checkpoint_seconds", "overwrite",
+                      "distributed", "shard_features", "dist_backend"})
+"""Fields that do not change the result: a rerun may differ in them and still resume (on any world size)."""
+
+
 class Plan(NamedTuple):
     """The settings of a run with every default resolved against the data."""
 

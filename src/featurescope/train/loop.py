@@ -11,7 +11,6 @@ See docs/training.md.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -26,11 +25,12 @@ from featurescope.activations import ActivationSource, open_source
 from featurescope.atomic import read_json, write_json
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
+from featurescope.resume import resume_or_refuse, settings
 from featurescope.sae import SAE, SAEConfig
 from featurescope.sae.parallel import LOCAL, Parallel
 from featurescope.sae.resample import resample_dead
 from featurescope.train import checkpoint
-from featurescope.train.config import Plan, TrainConfig
+from featurescope.train.config import VOLATILE, Plan, TrainConfig
 from featurescope.train.layout import Layout
 from featurescope.train.setup import (
     ADAM,
@@ -56,9 +56,6 @@ CONFIG_FILE = "train_config.json"
 SUMMARY_FILE = "training_summary.json"
 CHECKPOINT_DIR = "checkpoint"
 OWNED = ("cfg.json", "sae.safetensors", CONFIG_FILE, SUMMARY_FILE)
-VOLATILE = ("out", "device", "log_every", "checkpoint_every", "checkpoint_seconds", "overwrite", "distributed",
-            "shard_features", "dist_backend")
-"""Fields that do not change the result: a rerun may differ in them and still resume (on any world size)."""
 
 
 class TrainResult(NamedTuple):
@@ -94,7 +91,7 @@ def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
 
 def _record(cfg: TrainConfig, source: ActivationSource, p: Plan) -> dict[str, Any]:
     """The configuration as compared between reruns: resolved defaults, no volatile fields, the data's shape."""
-    rec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
+    rec = settings(cfg, VOLATILE)
     if rec["activations"]:
         rec["activations"] = str(Path(rec["activations"]).resolve())
     rec.update(features=p.features, k=p.k, lr=p.lr, sparsity_coefficient=p.sparsity_coefficient, k_aux=p.k_aux,
@@ -116,13 +113,9 @@ def _check_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
             raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new --out")
         return out
     if (out / CONFIG_FILE).is_file():
-        old = read_json(out / CONFIG_FILE)
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        if changed:
-            raise FeaturescopeError(
-                f"{out} holds a training run with a different configuration ({', '.join(changed)} differ); "
-                "use a new --out, or --overwrite to discard it"
-            )
+        resume_or_refuse(read_json(out / CONFIG_FILE), record, VOLATILE,
+                         f"{out} holds a training run with a different configuration",
+                         advice="use a new `out`, or `overwrite` to discard it")
     elif any(out.iterdir()):
         raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new --out or --overwrite")
     return out

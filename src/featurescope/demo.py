@@ -184,9 +184,11 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> int:
     from featurescope.train import TrainConfig, train
 
     if cfg.scale not in SCALES:
-        raise FeaturescopeError(f"unknown --scale {cfg.scale!r}; choose one of {', '.join(SCALES)}")
+        raise FeaturescopeError(f"unknown `scale` {cfg.scale!r}; choose one of {', '.join(SCALES)}",
+                                settings=("scale",))
     if cfg.serve not in SERVE_MODES:
-        raise FeaturescopeError(f"unknown --serve {cfg.serve!r}; choose one of {', '.join(SERVE_MODES)}")
+        raise FeaturescopeError(f"unknown `serve` {cfg.serve!r}; choose one of {', '.join(SERVE_MODES)}",
+                                settings=("serve",))
     preset = SCALES[cfg.scale]
     scale = preset._replace(tokens=cfg.tokens or preset.tokens, features=cfg.features or preset.features,
                             k=cfg.k or preset.k)

@@ -239,7 +239,8 @@ def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | 
     if not cfg.sae and sae is None:
         raise FeaturescopeError("no SAE given")
     if not cfg.activations and not cfg.corpus:
-        raise FeaturescopeError("give --activations (a store or .npy) and/or --corpus for CE loss recovered")
+        raise FeaturescopeError("give `activations` (a store or .npy) and/or `corpus` for CE loss recovered",
+                                settings=("activations", "corpus"))
     if cfg.ce_contexts < 0 or cfg.ood_contexts < 0:
         raise FeaturescopeError("the numbers of CE contexts (ce_contexts, ood_contexts) must be 0 or more")
     device = default_device() if cfg.device == "auto" else cfg.device

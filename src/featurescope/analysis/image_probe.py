@@ -83,7 +83,7 @@ def image_probe(cfg: ImageProbeConfig, *, sae: SAE | None = None, model: Languag
                 progress: bool = True) -> ImageProbeResult:
     """Score every feature of `cfg.db` on the pairs and store the scores in the database."""
     if cfg.top <= 0:
-        raise FeaturescopeError(f"--top must be positive (got {cfg.top})")
+        raise FeaturescopeError(f"`top` must be positive (got {cfg.top})", settings=("top",))
     items = list_items(cfg.pairs)
     if len(items) < 2:
         raise FeaturescopeError(f"{cfg.pairs}: the probe needs at least 2 pairs")

@@ -277,14 +277,15 @@ def run_image_analysis(cfg: ImageAnalysisConfig, *, sae: SAE | None = None, toke
         meta = dict(fs.meta)
     path = cfg.activations or meta.get("activations")
     if not path:
-        raise FeaturescopeError(f"{cfg.db} was not made from an activation store: pass --activations")
+        raise FeaturescopeError(f"{cfg.db} was not made from an activation store: pass `activations`",
+                                settings=("activations",))
     store = open_source(path)
     if not isinstance(store, ActivationStore):
         raise FeaturescopeError(f"{path}: not an activation store")
     if sae is None:
         sae_path = cfg.sae or meta.get("sae")
         if not sae_path:
-            raise FeaturescopeError(f"{cfg.db} does not record its SAE; pass --sae")
+            raise FeaturescopeError(f"{cfg.db} does not record its SAE; pass `sae`", settings=("sae",))
         sae = SAE.load(sae_path)
     if tokenizer is None:
         tokenizer = _tokenizer(store) or load_model(meta["model"], device="cpu").tokenizer

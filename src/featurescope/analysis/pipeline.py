@@ -107,21 +107,22 @@ def _check(cfg: AnalyzeConfig, have_sae: bool) -> None:
     if not cfg.sae and not have_sae:
         raise FeaturescopeError("no SAE given")
     if not cfg.out:
-        raise FeaturescopeError("no output database given (--out)")
+        raise FeaturescopeError("no output database given (`out`)", settings=("out",))
     if cfg.tokens is not None and cfg.tokens <= 0:
-        raise FeaturescopeError(f"--tokens must be positive (got {cfg.tokens})")
+        raise FeaturescopeError(f"`tokens` must be positive (got {cfg.tokens})", settings=("tokens",))
     if cfg.batch_contexts is not None and cfg.batch_contexts <= 0:
-        raise FeaturescopeError(f"--batch-contexts must be positive (got {cfg.batch_contexts})")
+        raise FeaturescopeError(f"`batch_contexts` must be positive (got {cfg.batch_contexts})",
+                                settings=("batch_contexts",))
     for name in ("top_k", "intervals", "per_interval", "negatives", "histogram_bins",
                  "logit_tokens", "neighbours"):
         if getattr(cfg, name) <= 0:
-            raise FeaturescopeError(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
+            raise FeaturescopeError(f"`{name}` must be positive (got {getattr(cfg, name)})", settings=(name,))
     if cfg.window < 2 or cfg.ctx_len < 2:
-        raise FeaturescopeError("--window and --ctx-len must be at least 2")
+        raise FeaturescopeError("`window` and `ctx_len` must be at least 2", settings=("window", "ctx_len"))
     if cfg.map not in METHODS:
-        raise FeaturescopeError(f"unknown --map {cfg.map!r}; choose one of {', '.join(METHODS)}")
+        raise FeaturescopeError(f"unknown `map` {cfg.map!r}; choose one of {', '.join(METHODS)}", settings=("map",))
     if Path(cfg.out).is_dir():
-        raise FeaturescopeError(f"{cfg.out}: is a folder; --out names the database file to write")
+        raise FeaturescopeError(f"{cfg.out}: is a folder; `out` names the database file to write", settings=("out",))
 
 
 def sae_fingerprint(sae: SAE) -> str:
@@ -154,11 +155,11 @@ class _Setup(NamedTuple):
 def _resolve_layer(cfg: AnalyzeConfig, sae: SAE, store: ActivationStore | None) -> int:
     layer = cfg.layer if cfg.layer is not None else sae.cfg.layer
     if cfg.layer is not None and sae.cfg.layer is not None and cfg.layer != sae.cfg.layer:
-        raise FeaturescopeError(f"--layer {cfg.layer} but the SAE reads layer {sae.cfg.layer}")
+        raise FeaturescopeError(f"`layer` {cfg.layer} but the SAE reads layer {sae.cfg.layer}", settings=("layer",))
     if layer is None and store is not None:
         layer = store.layer
     if layer is None:
-        raise FeaturescopeError("the SAE does not record its layer; pass --layer")
+        raise FeaturescopeError("the SAE does not record its layer; pass `layer`", settings=("layer",))
     if store is not None and store.layer is not None and int(store.layer) != layer:
         raise FeaturescopeError(f"the activation store is from layer {store.layer} but the SAE reads layer {layer}")
     return int(layer)
@@ -206,14 +207,15 @@ def _identity(cfg: AnalyzeConfig, s: _Setup) -> dict[str, Any]:
 def _existing(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
     """True if `out` already holds this analysis; raises if it holds something else (unless `overwrite`)."""
     if out.exists() and not is_sqlite_file(out):  # --overwrite replaces only a database, never a user's file
-        raise FeaturescopeError(f"{out}: exists and is not a feature database; choose another --out")
+        raise FeaturescopeError(f"{out}: exists and is not a feature database; choose another `out`", settings=("out",))
     if not out.exists() or overwrite:
         return False
     try:
         with FeatureStore.open(out, full_check=True) as db:  # a damaged database is refused, never taken as done
             old = db.meta.get("identity", {})
     except FeaturescopeError as e:
-        raise FeaturescopeError(f"{e}; choose another --out or pass --overwrite") from None
+        raise FeaturescopeError(f"{e}; choose another `out` or pass `overwrite`",
+                                settings=(*e.settings, "out", "overwrite")) from None
     return resume_or_refuse(old, identity, VOLATILE, f"{out} holds an analysis with other settings")
 
 

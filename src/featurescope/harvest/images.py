@@ -93,13 +93,14 @@ class _Shard(NamedTuple):
 
 def _validate(cfg: ImageHarvestConfig) -> None:
     if not cfg.out:
-        raise FeaturescopeError("no output folder given (--out)")
+        raise FeaturescopeError("no output folder given (`out`)", settings=("out",))
     if cfg.ctx_len < 2 or cfg.batch_size <= 0 or cfg.shard_contexts <= 0 or cfg.thumbnail < 16:
-        raise FeaturescopeError("--ctx-len must be ≥ 2, --thumbnail ≥ 16, --batch-size and --shard-contexts > 0")
+        raise FeaturescopeError("`ctx_len` must be ≥ 2, `thumbnail` ≥ 16, `batch_size` and `shard_contexts` > 0",
+                                settings=("ctx_len", "thumbnail", "batch_size", "shard_contexts"))
     if cfg.dtype not in DTYPES:
         raise FeaturescopeError(f"unknown storage dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.chat not in CHAT_MODES:
-        raise FeaturescopeError(f"--chat must be one of {', '.join(CHAT_MODES)}")
+        raise FeaturescopeError(f"`chat` must be one of {', '.join(CHAT_MODES)}", settings=("chat",))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FeaturescopeError(f"{out}: exists and is not a folder")
@@ -137,7 +138,7 @@ def _prepare(cfg: ImageHarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[
     old = read_json(out / MANIFEST)
     if old.get("format") != STORE_FORMAT or old.get("modality") != MODALITY:
         raise FeaturescopeError(f"{out}: holds something other than an image activation store; choose another "
-                                "--out or --overwrite")
+                                "`out` or `overwrite`", settings=("out", "overwrite"))
     resume_or_refuse({k: old.get(k) for k in IDENTITY}, {k: fresh.get(k) for k in IDENTITY}, (),
                      f"{out}: holds a harvest with other settings", values=True)
     old["complete"], old["config"] = False, asdict(cfg)
@@ -160,7 +161,7 @@ def _check_owned(out: Path, everything: bool) -> None:
         return
     if manifest_of(out / MANIFEST, STORE_FORMAT) is None:
         raise FeaturescopeError(f"{out}: folder is not empty and holds no activation store; nothing was changed — "
-                                "choose an empty or new --out")
+                                "choose an empty or new `out`", settings=("out",))
     if everything:
         refuse_foreign(out, _written_here, "an image activation store's")
 
@@ -196,8 +197,8 @@ def _context(model: VisionLanguageModel, inputs: dict[str, torch.Tensor], b: int
                                 "(is there an image token in its caption?)")
     p = found[0]
     if int(p.positions.max()) >= ctx_len:
-        raise FeaturescopeError(f"{item.ref}: its image needs {int(p.positions.max()) + 1} tokens, more than --ctx-len "
-                                f"{ctx_len}; raise --ctx-len")
+        raise FeaturescopeError(f"{item.ref}: its image needs {int(p.positions.max()) + 1} tokens, more than `ctx_len` "
+                                f"{ctx_len}; raise `ctx_len`", settings=("ctx_len",))
     cut = length > ctx_len
     length = min(length, ctx_len)
     t = {"tokens": torch.full((ctx_len,), pad, dtype=torch.int32), "mask": torch.zeros(ctx_len, dtype=torch.bool),

@@ -80,12 +80,13 @@ def check_config(cfg: MultilingualConfig) -> list[str]:
     """The languages, after checking every setting (one clear error per mistake)."""
     langs = parse_langs(cfg.langs)
     require(cfg.db, "no feature database given")
-    require(cfg.verses >= 0, f"--verses must be ≥ 0 (got {cfg.verses})")
+    require(cfg.verses >= 0, f"`verses` must be ≥ 0 (got {cfg.verses})", settings=("verses",))
     for name in ("examples", "min_segments", "top_segments", "max_tokens", "batch_size"):
-        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
-    require(cfg.shuffles >= 0, f"--shuffles must be ≥ 0 (got {cfg.shuffles})")
-    require(0 < cfg.max_segment_fraction <= 1, "--max-segment-fraction must be in (0, 1]")
-    require(0 < cfg.max_density <= 1, "--max-density must be in (0, 1]")
+        require(getattr(cfg, name) > 0, f"`{name}` must be positive (got {getattr(cfg, name)})", settings=(name,))
+    require(cfg.shuffles >= 0, f"`shuffles` must be ≥ 0 (got {cfg.shuffles})", settings=("shuffles",))
+    require(0 < cfg.max_segment_fraction <= 1, "`max_segment_fraction` must be in (0, 1]",
+            settings=("max_segment_fraction",))
+    require(0 < cfg.max_density <= 1, "`max_density` must be in (0, 1]", settings=("max_density",))
     return langs
 
 
@@ -102,9 +103,9 @@ def gather_segments(cfg: MultilingualConfig, langs: list[str]) -> tuple[list[Seg
     elif cfg.parallel != "none":
         segments += load_parallel(cfg.parallel, langs)
     segments += bible_segments(langs, cfg.verses, cfg.seed)
-    require(segments, "no parallel text: give --verses N or parallel sentences")
+    require(segments, "no parallel text: give `verses` N or parallel sentences", settings=("verses",))
     require(len(segments) >= 2 * cfg.min_segments, f"only {len(segments)} aligned segments: too few to score "
-            "features (raise --verses)")
+            "features (raise `verses`)", settings=("verses",))
     return segments, notices
 
 

@@ -79,14 +79,18 @@ class SuppressionResult(NamedTuple):
 def check_config(cfg: ProbeConfig) -> ProbeSet:
     """The probe set, after checking every setting."""
     require(cfg.db, "no feature database given")
-    require(0 < cfg.heldout < 1, f"--heldout must be between 0 and 1 (got {cfg.heldout})")
-    require(0 <= cfg.calibration < 1, f"--calibration must be in [0, 1) (got {cfg.calibration})")
-    require(0 < cfg.alpha < 1, f"--alpha must be between 0 and 1 (got {cfg.alpha})")
-    require(0.5 <= cfg.min_auroc <= 1, f"--min-auroc must be between 0.5 and 1 (got {cfg.min_auroc})")
+    require(0 < cfg.heldout < 1, f"`heldout` must be between 0 and 1 (got {cfg.heldout})",
+            settings=("heldout",))
+    require(0 <= cfg.calibration < 1, f"`calibration` must be in [0, 1) (got {cfg.calibration})",
+            settings=("calibration",))
+    require(0 < cfg.alpha < 1, f"`alpha` must be between 0 and 1 (got {cfg.alpha})", settings=("alpha",))
+    require(0.5 <= cfg.min_auroc <= 1, f"`min_auroc` must be between 0.5 and 1 (got {cfg.min_auroc})",
+            settings=("min_auroc",))
     for name in ("candidates", "permutations", "max_tokens", "batch_size"):
-        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
-    require(cfg.controls >= 0, f"--controls must be ≥ 0 (got {cfg.controls})")
-    require(cfg.mode in MODES, f"unknown --mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
+        require(getattr(cfg, name) > 0, f"`{name}` must be positive (got {getattr(cfg, name)})", settings=(name,))
+    require(cfg.controls >= 0, f"`controls` must be ≥ 0 (got {cfg.controls})", settings=("controls",))
+    require(cfg.mode in MODES, f"unknown `mode` {cfg.mode!r}; choose one of {', '.join(MODES)}",
+            settings=("mode",))
     probe_set = load_probe_set(cfg.set)
     if cfg.category:
         probe_set.category(cfg.category)
@@ -94,7 +98,7 @@ def check_config(cfg: ProbeConfig) -> ProbeSet:
         from featurescope.featuredb.core import FeatureStore
 
         with FeatureStore.open(cfg.db) as store:
-            require(parse_features(cfg.suppress, store.d_sae), "--suppress names no feature")
+            require(parse_features(cfg.suppress, store.d_sae), "`suppress` names no feature", settings=("suppress",))
     return probe_set
 
 

@@ -76,7 +76,7 @@ def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
     topk = cfg.arch in ("topk", "batchtopk")
     k = (cfg.k or default_k(cfg.arch, features)) if topk else None
     if k is not None and not 0 < k <= features:
-        raise FeaturescopeError(f"--k must be in 1..features ({features}), got {k}")
+        raise FeaturescopeError(f"`k` must be in 1..features ({features}), got {k}", settings=("k",))
     batches = source.num_batches(cfg.batch_size)
     total = batches * cfg.epochs
     lam = None if topk else (cfg.sparsity_coefficient if cfg.sparsity_coefficient is not None
@@ -110,14 +110,16 @@ def _check_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
     if cfg.overwrite:
         ours = {*OWNED, CHECKPOINT_DIR}
         if any(f.name not in ours for f in out.iterdir()):
-            raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new --out")
+            raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new `out`",
+                                    settings=("out",))
         return out
     if (out / CONFIG_FILE).is_file():
         resume_or_refuse(read_json(out / CONFIG_FILE), record, VOLATILE,
                          f"{out} holds a training run with a different configuration",
                          advice="use a new `out`, or `overwrite` to discard it")
     elif any(out.iterdir()):
-        raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new --out or --overwrite")
+        raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new `out` or `overwrite`",
+                                settings=("out", "overwrite"))
     return out
 
 
@@ -176,7 +178,8 @@ class _Run:
         )
         state = lay.load_checkpoint(self.ckpt_dir, self.sae_cfg)
         if state is not None and state.info.get("config") != record:
-            raise FeaturescopeError(f"{self.ckpt_dir}: checkpoint of another configuration; use --overwrite")
+            raise FeaturescopeError(f"{self.ckpt_dir}: checkpoint of another configuration; use `overwrite`",
+                                    settings=("overwrite",))
         if state is None:
             sae = lay.create_sae(self.sae_cfg, cfg.seed)
         else:
@@ -330,7 +333,8 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
 
     spawn = cfg.distributed > 1 and not launched()
     if spawn and source is not None:
-        raise FeaturescopeError("--distributed starts new processes: give --activations (a path), not a source")
+        raise FeaturescopeError("`distributed` starts new processes: give `activations` (a path), not a source",
+                                settings=("distributed", "activations"))
     if source is None:
         source = open_source(cfg.activations, split="train")  # never the held-out rows `eval` measures on
     if cfg.max_rows is not None:

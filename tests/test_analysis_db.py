@@ -319,7 +319,7 @@ def test_mismatched_sae_or_layer_is_refused(gemma, small_store, tmp_path):
     with pytest.raises(FeaturescopeError, match="out of range"):
         analyze(AnalyzeConfig(sae=str(sae(640, 40)), out=str(tmp_path / "c.db"), tokens=100), model=gemma,
                 progress=False)
-    with pytest.raises(FeaturescopeError, match="--top-k must be positive"):
+    with pytest.raises(FeaturescopeError, match="`top_k` must be positive"):
         analyze(_config(sae(640, 9), tmp_path / "d.db", small_store, top_k=0), model=gemma, progress=False)
     assert not list(tmp_path.glob("*.db"))
 

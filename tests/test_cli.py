@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from cli_helpers import run_main
 from conftest import run_cli
 
 
@@ -43,6 +47,31 @@ def test_user_mistakes_get_one_line_errors(tmp_path, small_store):
     _assert_one_line_error(run_cli("eval", str(tmp_path / "missing"), "--activations", str(small_store)),
                            "missing")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_errors_are_worded_as_flags(capsys, tmp_path):
+    """A library error names settings (`ctx_len`); the CLI writes them as the flags the user typed."""
+    code, _, err = run_main(capsys, "harvest", "--ctx-len", "1", "--out", str(tmp_path / "a"))
+    assert code == 2 and err == "featurescope: error: --ctx-len must be at least 2 (got 1)\n"
+    code, _, err = run_main(capsys, "train", "--activations", str(tmp_path / "x.npy"), "--out", str(tmp_path / "b"),
+                            "--lr-decay", "2")
+    assert code == 2 and err == "featurescope: error: --lr-decay must be a fraction in [0, 1]\n"
+    for command in ("probe", "multilingual"):  # --show is the CLI's own, checked before any work
+        code, _, err = run_main(capsys, command, str(tmp_path / "none.db"), "--show", "0")
+        assert code == 2 and err == "featurescope: error: --show must be positive (got 0)\n"
+
+
+def test_library_configs_hold_no_output_options():
+    from featurescope.evaluate import EvalConfig
+    from featurescope.probes.multilingual import MultilingualConfig
+    from featurescope.probes.probe import ProbeConfig
+    from featurescope.steering.sweep import SweepConfig
+
+    for cfg in (EvalConfig, MultilingualConfig, ProbeConfig, SweepConfig):
+        assert not {f.name for f in dataclasses.fields(cfg)} & {"json", "show", "distinct_only"}, cfg
+    code = ("import sys, featurescope.harvest, featurescope.train, featurescope.analysis, featurescope.probes; "
+            "sys.exit('featurescope.cli_args' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_pipeline_end_to_end(tmp_path):

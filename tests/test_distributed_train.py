@@ -249,7 +249,7 @@ def test_sharded_run_writes_one_ordinary_sae_and_checkpoint(runs):
 
 
 def test_error_inside_the_group_is_one_message_on_every_rank(runs):
-    assert runs.error.read_text() == "--shard-features needs at least one feature per rank: 1 features on 2 ranks"
+    assert runs.error.read_text() == "`shard_features` needs at least one feature per rank: 1 features on 2 ranks"
 
 
 def test_any_error_on_rank_0_reaches_every_rank(runs):
@@ -291,5 +291,5 @@ def test_user_mistakes_are_one_line_errors(runs, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("featurescope: error: ") and message in err[0], err
     assert not (tmp_path / "b").exists()
     source = TensorSource(torch.randn(64, 4))
-    with pytest.raises(FeaturescopeError, match="give --activations \\(a path\\), not a source"):
+    with pytest.raises(FeaturescopeError, match="give `activations` \\(a path\\), not a source"):
         train(TrainConfig(out=str(tmp_path / "c"), distributed=2), source=source)

@@ -109,8 +109,9 @@ def test_rerun_extends_to_a_larger_budget(tmp_path, gemma):
 
 
 def test_bad_harvest_input(tmp_path, gemma, small_store):
-    with pytest.raises(FeaturescopeError, match="--tokens must be positive"):
+    with pytest.raises(FeaturescopeError, match="`tokens` must be positive") as e:
         harvest(HarvestConfig(out=str(tmp_path / "a"), tokens=0), model=gemma)
+    assert e.value.settings == ("tokens",)  # the CLI says --tokens
     with pytest.raises(FeaturescopeError, match="out of range"):
         harvest(HarvestConfig(out=str(tmp_path / "a"), tokens=10, layer=18), model=gemma)
     with pytest.raises(FeaturescopeError, match="other settings"):

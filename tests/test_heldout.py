@@ -168,5 +168,5 @@ def test_probe_texts_corpus_is_listed_and_long_enough_for_eval(gemma, capsys):
 
 @pytest.mark.parametrize("fraction", [-0.1, 0.6])
 def test_heldout_fraction_out_of_range_is_refused(tmp_path, fraction):
-    with pytest.raises(FeaturescopeError, match="--heldout must be between 0 and 0.5"):
+    with pytest.raises(FeaturescopeError, match="`heldout` must be between 0 and 0.5"):
         harvest(HarvestConfig(out=str(tmp_path / "a"), tokens=10, heldout=fraction))

@@ -177,7 +177,7 @@ def test_values_parse_and_resolve():
     maxes = torch.tensor([1.0, 2.0, 0.0, 4.0])
     assert resolve_values({1: "5x", 3: "-0.5x", 0: "0", 2: 12.5}, 4, maxes) == {1: 10.0, 3: -2.0, 0: 0.0, 2: 12.5}
     assert resolve_values({1: "2x"}, 4, {1: 3.0}) == {1: 6.0}
-    with pytest.raises(FeaturescopeError, match="max activation, which is unknown.*--db"):
+    with pytest.raises(FeaturescopeError, match="max activation, which is unknown.*`db`"):
         resolve_values({1: "5x"}, 4, None)
     with pytest.raises(FeaturescopeError, match="feature 2 never fired"):
         resolve_values({2: "5x"}, 4, maxes)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import featurescope.train.loop as train_module
 from featurescope.activations import TensorSource
 from featurescope.atomic import read_json
+from featurescope.cli import flag_wording
 from featurescope.errors import FeaturescopeError
 from featurescope.synthetic import make_synthetic
 from featurescope.train import TrainConfig, train
@@ -142,8 +143,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(acts, tmp_path):
 def test_changed_config_in_an_existing_out_is_refused(acts, tmp_path):
     src = TensorSource(acts)
     train(small(tmp_path / "run", epochs=1), source=src, progress=False)
-    with pytest.raises(FeaturescopeError, match=r"different configuration \(lr differ\).*--overwrite"):
+    with pytest.raises(FeaturescopeError, match=r"different configuration \(lr differ\).*`overwrite`") as e:
         train(small(tmp_path / "run", epochs=1, lr=1e-2), source=src, progress=False)
+    assert flag_wording(e.value).endswith("use a new --out, or --overwrite to discard it")
     # fields that do not change the result may differ, and a default may be spelled out
     train(small(tmp_path / "run", epochs=1, log_every=3, checkpoint_every=5), source=src, progress=False)
     train(small(tmp_path / "run", epochs=1, lr=8e-3, k_aux=8), source=src, progress=False)

@@ -274,8 +274,8 @@ class ActivationStore(ActivationSource):
             raise FeaturescopeError(f"{path}: the store holds no activations yet")
         if self.n_rows == 0:
             raise FeaturescopeError(f"{path}: the store has no {split} rows"
-                                    + (" (no held-out part: harvested with --heldout 0 or by version 1)"
-                                       if split == "heldout" else ""))
+                                    + (" (no held-out part: harvested with `heldout` 0 or by version 1)"
+                                       if split == "heldout" else ""), settings=("heldout",))
         for s in self.shards:
             f = path / s["file"]
             if not f.is_file():

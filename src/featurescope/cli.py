@@ -84,7 +84,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from featurescope.evaluate import EvalConfig, evaluate
 
     cfg = dataclass_from_args(EvalConfig, args)
-    _print_eval(evaluate(cfg, progress=not args.quiet and not cfg.json), cfg.json)
+    _print_eval(evaluate(cfg, progress=not args.quiet and not args.json), args.json)
     return 0
 
 
@@ -124,6 +124,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def flag_wording(e: FeaturescopeError) -> str:
+    """The message of `e` with each setting it names (`` `batch_size` ``) written as its flag (`--batch-size`)."""
+    text = str(e)
+    for name in e.settings:
+        text = text.replace(f"`{name}`", "--" + name.replace("_", "-"))
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (exit 2), like every other user error."""
 
@@ -140,6 +148,24 @@ def add_command(sub: Any, name: str, help_text: str, run: Callable[[argparse.Nam
     return p
 
 
+def add_json_flag(p: argparse.ArgumentParser, help_text: str = "print JSON instead of a table") -> None:
+    """`--json` / `--no-json`: the output format (the command's own; no library config has it)."""
+    p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help=help_text)
+
+
+def add_count_flag(p: argparse.ArgumentParser, name: str, default: int, help_text: str) -> None:
+    """`--NAME N`: how many rows a command prints (checked positive by `positive_count`)."""
+    p.add_argument("--" + name, type=int, default=default, help=f"{help_text} (default: {default})")
+
+
+def positive_count(args: argparse.Namespace, name: str) -> int:
+    """The value of count flag `--NAME`, which must be positive."""
+    value = int(getattr(args, name))
+    if value <= 0:
+        raise FeaturescopeError(f"--{name} must be positive (got {value})")
+    return value
+
+
 def _register_core(sub: Any) -> None:
     from featurescope.evaluate import EvalConfig
     from featurescope.harvest import HarvestConfig
@@ -149,8 +175,9 @@ def _register_core(sub: Any) -> None:
                                    "layer", _cmd_harvest), HarvestConfig)
     add_dataclass_args(add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]",
                                    _cmd_train), TrainConfig)
-    add_dataclass_args(add_command(sub, "eval", "FVU, L0, dead features and CE loss recovered of an SAE", _cmd_eval),
-                       EvalConfig, positional=("sae",))
+    p = add_command(sub, "eval", "FVU, L0, dead features and CE loss recovered of an SAE", _cmd_eval)
+    add_dataclass_args(p, EvalConfig, positional=("sae",))
+    add_json_flag(p)
     p = add_command(sub, "export", "write an SAE in SAELens' or EleutherAI sparsify's format", _cmd_export)
     p.add_argument("sae", metavar="SAE", help="SAE folder")
     p.add_argument("--format", required=True, choices=("saelens", "sparsify"), help="target format")
@@ -193,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except FeaturescopeError as e:
-        print(f"featurescope: error: {clean(str(e))}", file=sys.stderr)
+        print(f"featurescope: error: {clean(flag_wording(e))}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:  # damage the open-time check could not see (featurescope.featuredb.check)
         print(f"featurescope: error: a database is damaged ({clean(str(e))}); rebuild it", file=sys.stderr)

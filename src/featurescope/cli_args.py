@@ -1,4 +1,6 @@
-"""Turn a plain dataclass config into argparse options and back (field `batch_size` → `--batch-size`)."""
+"""Turn a plain dataclass config into argparse options and back (field `batch_size` → `--batch-size`).
+
+The fields' help text and choices are their metadata (`featurescope.config_fields.option`)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,6 @@ import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-
-def option(default: Any, help_text: str, **meta: Any) -> Any:
-    """A dataclass field with a default and its `--help` text (extra metadata: `choices`, `metavar`, `required`)."""
-    return dataclasses.field(default=default, metadata={"help": help_text, **meta})
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:

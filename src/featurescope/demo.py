@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from featurescope.atomic import read_json, write_json
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 
 
@@ -184,9 +184,11 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> int:
     from featurescope.train import TrainConfig, train
 
     if cfg.scale not in SCALES:
-        raise FeaturescopeError(f"unknown --scale {cfg.scale!r}; choose one of {', '.join(SCALES)}")
+        raise FeaturescopeError(f"unknown `scale` {cfg.scale!r}; choose one of {', '.join(SCALES)}",
+                                settings=("scale",))
     if cfg.serve not in SERVE_MODES:
-        raise FeaturescopeError(f"unknown --serve {cfg.serve!r}; choose one of {', '.join(SERVE_MODES)}")
+        raise FeaturescopeError(f"unknown `serve` {cfg.serve!r}; choose one of {', '.join(SERVE_MODES)}",
+                                settings=("serve",))
     preset = SCALES[cfg.scale]
     scale = preset._replace(tokens=cfg.tokens or preset.tokens, features=cfg.features or preset.features,
                             k=cfg.k or preset.k)

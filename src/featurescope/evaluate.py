@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featurescope.activations import ActivationSource, ActivationStore, open_source
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel, default_device, load_model
@@ -50,7 +50,6 @@ class EvalConfig:
     device: str = option("auto", "cpu, cuda or auto")
     model_dtype: str = option("auto", "the model's compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 "
                               "(~2x faster on a CPU; CE loss recovered within 1e-4 of float32 on the demo SAE)")
-    json: bool = option(False, "print JSON instead of a table")
 
 
 class ReconstructionMetrics(NamedTuple):
@@ -240,7 +239,8 @@ def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | 
     if not cfg.sae and sae is None:
         raise FeaturescopeError("no SAE given")
     if not cfg.activations and not cfg.corpus:
-        raise FeaturescopeError("give --activations (a store or .npy) and/or --corpus for CE loss recovered")
+        raise FeaturescopeError("give `activations` (a store or .npy) and/or `corpus` for CE loss recovered",
+                                settings=("activations", "corpus"))
     if cfg.ce_contexts < 0 or cfg.ood_contexts < 0:
         raise FeaturescopeError("the numbers of CE contexts (ce_contexts, ood_contexts) must be 0 or more")
     device = default_device() if cfg.device == "auto" else cfg.device

@@ -69,7 +69,8 @@ class OpenAIChat(Explainer):
         if not url.startswith(("http://", "https://")):
             raise FeaturescopeError(f"explainer URL must start with http:// or https:// (got {url!r})")
         if not model:
-            raise FeaturescopeError("an OpenAI-compatible explainer needs a model name (--explainer-model)")
+            raise FeaturescopeError("an OpenAI-compatible explainer needs a model name (`explainer_model`)",
+                                    settings=("explainer_model",))
         self.url = url.rstrip("/")
         if not self.url.endswith("/chat/completions"):
             self.url += "/chat/completions"

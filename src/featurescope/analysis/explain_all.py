@@ -104,11 +104,11 @@ def explain_db(cfg: ExplainConfig, *, explainer: Explainer | None = None, local_
     start = time.perf_counter()
     db = Path(cfg.db)
     if cfg.features is not None and cfg.features <= 0:
-        raise FeaturescopeError(f"--features must be positive (got {cfg.features})")
+        raise FeaturescopeError(f"`features` must be positive (got {cfg.features})", settings=("features",))
     with FeatureStore.open(db) as store:
         if explainer is None:
             if not cfg.explainer:
-                raise FeaturescopeError("no explainer given (--explainer URL or local)")
+                raise FeaturescopeError("no explainer given (`explainer` URL or local)", settings=("explainer",))
             if cfg.explainer == "local" and local_model is None:
                 local_model = load_model(store.meta["model"], device=cfg.device)
             explainer = make_explainer(cfg.explainer, cfg.explainer_model, api_key_env=cfg.api_key_env,

@@ -76,7 +76,7 @@ def feature_map(w_dec: Tensor, method: str = "auto", seed: int = 0) -> FeatureMa
     if method == "none" or len(w_dec) < 2:
         return None
     if method == "umap" and not have_umap():
-        raise FeaturescopeError("--map umap needs umap-learn: pip install umap-learn")
+        raise FeaturescopeError("`map` umap needs umap-learn: pip install umap-learn", settings=("map",))
     if method == "umap" or (method == "auto" and have_umap() and len(w_dec) >= 64):
         return FeatureMap(umap_map(w_dec, seed), "umap")
     return FeatureMap(pca_map(w_dec), "pca")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from featurescope._version import __version__
 from featurescope.analysis.search import load_for_store
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.core import FeatureStore, update_db
 from featurescope.featuredb.images import PROBE_SCHEMA, PROBE_TABLES, ProbeScore, insert, probe_scores, replace_tables
@@ -83,7 +83,7 @@ def image_probe(cfg: ImageProbeConfig, *, sae: SAE | None = None, model: Languag
                 progress: bool = True) -> ImageProbeResult:
     """Score every feature of `cfg.db` on the pairs and store the scores in the database."""
     if cfg.top <= 0:
-        raise FeaturescopeError(f"--top must be positive (got {cfg.top})")
+        raise FeaturescopeError(f"`top` must be positive (got {cfg.top})", settings=("top",))
     items = list_items(cfg.pairs)
     if len(items) < 2:
         raise FeaturescopeError(f"{cfg.pairs}: the probe needs at least 2 pairs")

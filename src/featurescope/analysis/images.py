@@ -26,7 +26,7 @@ from featurescope.activations import ActivationStore, open_source
 from featurescope.analysis.accumulate import Codes, encode_batch, lookup, make_codes
 from featurescope.analysis.contexts import EMPTY, TopContexts, window_start
 from featurescope.analysis.source import Batch, StoreBatches
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.core import FeatureStore, update_db
 from featurescope.featuredb.images import ANALYSIS_SCHEMA, ANALYSIS_TABLES, insert, replace_tables
@@ -277,14 +277,15 @@ def run_image_analysis(cfg: ImageAnalysisConfig, *, sae: SAE | None = None, toke
         meta = dict(fs.meta)
     path = cfg.activations or meta.get("activations")
     if not path:
-        raise FeaturescopeError(f"{cfg.db} was not made from an activation store: pass --activations")
+        raise FeaturescopeError(f"{cfg.db} was not made from an activation store: pass `activations`",
+                                settings=("activations",))
     store = open_source(path)
     if not isinstance(store, ActivationStore):
         raise FeaturescopeError(f"{path}: not an activation store")
     if sae is None:
         sae_path = cfg.sae or meta.get("sae")
         if not sae_path:
-            raise FeaturescopeError(f"{cfg.db} does not record its SAE; pass --sae")
+            raise FeaturescopeError(f"{cfg.db} does not record its SAE; pass `sae`", settings=("sae",))
         sae = SAE.load(sae_path)
     if tokenizer is None:
         tokenizer = _tokenizer(store) or load_model(meta["model"], device="cpu").tokenizer

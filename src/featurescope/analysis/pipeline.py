@@ -10,12 +10,11 @@ once the database is complete.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,10 +34,12 @@ from featurescope.analysis.neighbours import nearest_neighbours
 from featurescope.analysis.source import ModelBatches, StoreBatches
 from featurescope.analysis.write import Finished, referenced_contexts, token_ids_used, write_db
 from featurescope.atomic import read_json
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb.check import is_sqlite_file
 from featurescope.featuredb.core import FORMAT, VERSION, FeatureStore
 from featurescope.models import LanguageModel, load_model
+from featurescope.resume import resume_or_refuse, settings
 from featurescope.sae import SAE
 from featurescope.tokentext import token_bytes
 
@@ -46,49 +47,46 @@ DEFAULT_TOKENS = 1_000_000
 BATCH_FLOATS = 1 << 26
 """Default batch size: contexts × ctx_len × d_sae pre-activations at most this many floats (256 MiB)."""
 MAX_BATCH_CONTEXTS = 64
-VOLATILE = ("out", "device", "checkpoint_seconds", "overwrite", "explainer", "explainer_model", "explain_features",
-            "api_key_env")
+VOLATILE = frozenset({"out", "device", "checkpoint_seconds", "overwrite", "explainer", "explainer_model",
+                      "explain_features", "api_key_env"})
 """Fields that do not change the analysis: a rerun may differ in them and still resume."""
-
-
-def _opt(default: Any, help_text: str, **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help_text, **meta})
 
 
 @dataclass
 class AnalyzeConfig:
     """Settings of `featurescope analyze` (each field is also a `--flag`)."""
 
-    sae: str = _opt("", "SAE folder (ours, SAELens or sparsify)")
-    out: str = _opt("features.db", "feature database to write")
-    model: str = _opt("", "model to load (empty: the SAE's, else the activation store's, else `default`)")
-    layer: int | None = _opt(None, "block the SAE reads (auto: the SAE's layer)")
-    corpus: str = _opt("wiki-en", "text to analyse when no --activations: wiki-en|fr|es, bible-<codes>, a .txt/.jsonl "
-                                  "path, hf:NAME")
-    activations: str = _opt("", "activation store (from `featurescope harvest`) to reuse instead of running the model")
-    tokens: int | None = _opt(None, f"tokens to analyse (auto: all of --activations, else {DEFAULT_TOKENS:,})")
-    ctx_len: int = _opt(128, "tokens per context when running the model (BOS first)")
-    seed: int = _opt(0, "seed of the corpus order and of the sampling")
-    batch_contexts: int | None = _opt(None, "contexts per batch (auto: as many as keep the SAE's pre-activations "
-                                            "under 256 MiB, at most 64)")
-    top_k: int = _opt(20, "top activating contexts kept per feature")
-    intervals: int = _opt(10, "equal-width intervals of [0, max] to sample examples from")
-    per_interval: int = _opt(5, "examples sampled per interval")
-    negatives: int = _opt(10, "windows where the feature never fires kept per feature (for scoring labels)")
-    window: int = _opt(32, "tokens shown around each example's position")
-    histogram_bins: int = _opt(50, "bins of the activation histogram over (0, max]")
-    logit_tokens: int = _opt(10, "top and bottom tokens of the logit effects kept per feature")
-    neighbours: int = _opt(10, "nearest neighbours stored per feature")
-    map: str = _opt("auto", "2-D map of the decoder directions: auto (umap if installed, else pca), umap, pca, none",
-                    choices=METHODS)
-    explainer: str = _opt("", "also explain features with an LLM: an OpenAI-compatible URL, or `local` for the "
-                              "model itself (see `featurescope explain`)")
-    explainer_model: str = _opt("", "model name sent to the explainer endpoint")
-    explain_features: int | None = _opt(None, "explain only the first N features that fire")
-    api_key_env: str = _opt("OPENAI_API_KEY", "environment variable holding the explainer's API key")
-    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
-    checkpoint_seconds: float = _opt(60.0, "checkpoint the running state every N seconds (0 = only between passes)")
-    overwrite: bool = _opt(False, "replace an existing database or unfinished analysis of other settings")
+    sae: str = option("", "SAE folder (ours, SAELens or sparsify)")
+    out: str = option("features.db", "feature database to write")
+    model: str = option("", "model to load (empty: the SAE's, else the activation store's, else `default`)")
+    layer: int | None = option(None, "block the SAE reads (auto: the SAE's layer)")
+    corpus: str = option("wiki-en", "text to analyse when no --activations: wiki-en|fr|es, bible-<codes>, a "
+                                    ".txt/.jsonl path, hf:NAME")
+    activations: str = option("", "activation store (from `featurescope harvest`) to reuse instead of running the "
+                                  "model")
+    tokens: int | None = option(None, f"tokens to analyse (auto: all of --activations, else {DEFAULT_TOKENS:,})")
+    ctx_len: int = option(128, "tokens per context when running the model (BOS first)")
+    seed: int = option(0, "seed of the corpus order and of the sampling")
+    batch_contexts: int | None = option(None, "contexts per batch (auto: as many as keep the SAE's pre-activations "
+                                              "under 256 MiB, at most 64)")
+    top_k: int = option(20, "top activating contexts kept per feature")
+    intervals: int = option(10, "equal-width intervals of [0, max] to sample examples from")
+    per_interval: int = option(5, "examples sampled per interval")
+    negatives: int = option(10, "windows where the feature never fires kept per feature (for scoring labels)")
+    window: int = option(32, "tokens shown around each example's position")
+    histogram_bins: int = option(50, "bins of the activation histogram over (0, max]")
+    logit_tokens: int = option(10, "top and bottom tokens of the logit effects kept per feature")
+    neighbours: int = option(10, "nearest neighbours stored per feature")
+    map: str = option("auto", "2-D map of the decoder directions: auto (umap if installed, else pca), umap, pca, none",
+                      choices=METHODS)
+    explainer: str = option("", "also explain features with an LLM: an OpenAI-compatible URL, or `local` for the "
+                                "model itself (see `featurescope explain`)")
+    explainer_model: str = option("", "model name sent to the explainer endpoint")
+    explain_features: int | None = option(None, "explain only the first N features that fire")
+    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the explainer's API key")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    checkpoint_seconds: float = option(60.0, "checkpoint the running state every N seconds (0 = only between passes)")
+    overwrite: bool = option(False, "replace an existing database or unfinished analysis of other settings")
 
 
 class AnalyzeResult(NamedTuple):
@@ -109,21 +107,22 @@ def _check(cfg: AnalyzeConfig, have_sae: bool) -> None:
     if not cfg.sae and not have_sae:
         raise FeaturescopeError("no SAE given")
     if not cfg.out:
-        raise FeaturescopeError("no output database given (--out)")
+        raise FeaturescopeError("no output database given (`out`)", settings=("out",))
     if cfg.tokens is not None and cfg.tokens <= 0:
-        raise FeaturescopeError(f"--tokens must be positive (got {cfg.tokens})")
+        raise FeaturescopeError(f"`tokens` must be positive (got {cfg.tokens})", settings=("tokens",))
     if cfg.batch_contexts is not None and cfg.batch_contexts <= 0:
-        raise FeaturescopeError(f"--batch-contexts must be positive (got {cfg.batch_contexts})")
+        raise FeaturescopeError(f"`batch_contexts` must be positive (got {cfg.batch_contexts})",
+                                settings=("batch_contexts",))
     for name in ("top_k", "intervals", "per_interval", "negatives", "histogram_bins",
                  "logit_tokens", "neighbours"):
         if getattr(cfg, name) <= 0:
-            raise FeaturescopeError(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
+            raise FeaturescopeError(f"`{name}` must be positive (got {getattr(cfg, name)})", settings=(name,))
     if cfg.window < 2 or cfg.ctx_len < 2:
-        raise FeaturescopeError("--window and --ctx-len must be at least 2")
+        raise FeaturescopeError("`window` and `ctx_len` must be at least 2", settings=("window", "ctx_len"))
     if cfg.map not in METHODS:
-        raise FeaturescopeError(f"unknown --map {cfg.map!r}; choose one of {', '.join(METHODS)}")
+        raise FeaturescopeError(f"unknown `map` {cfg.map!r}; choose one of {', '.join(METHODS)}", settings=("map",))
     if Path(cfg.out).is_dir():
-        raise FeaturescopeError(f"{cfg.out}: is a folder; --out names the database file to write")
+        raise FeaturescopeError(f"{cfg.out}: is a folder; `out` names the database file to write", settings=("out",))
 
 
 def sae_fingerprint(sae: SAE) -> str:
@@ -156,11 +155,11 @@ class _Setup(NamedTuple):
 def _resolve_layer(cfg: AnalyzeConfig, sae: SAE, store: ActivationStore | None) -> int:
     layer = cfg.layer if cfg.layer is not None else sae.cfg.layer
     if cfg.layer is not None and sae.cfg.layer is not None and cfg.layer != sae.cfg.layer:
-        raise FeaturescopeError(f"--layer {cfg.layer} but the SAE reads layer {sae.cfg.layer}")
+        raise FeaturescopeError(f"`layer` {cfg.layer} but the SAE reads layer {sae.cfg.layer}", settings=("layer",))
     if layer is None and store is not None:
         layer = store.layer
     if layer is None:
-        raise FeaturescopeError("the SAE does not record its layer; pass --layer")
+        raise FeaturescopeError("the SAE does not record its layer; pass `layer`", settings=("layer",))
     if store is not None and store.layer is not None and int(store.layer) != layer:
         raise FeaturescopeError(f"the activation store is from layer {store.layer} but the SAE reads layer {layer}")
     return int(layer)
@@ -196,7 +195,7 @@ def _setup(cfg: AnalyzeConfig, model: LanguageModel | None, sae: SAE | None, dev
 
 
 def _identity(cfg: AnalyzeConfig, s: _Setup) -> dict[str, Any]:
-    rec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
+    rec = settings(cfg, VOLATILE)
     rec.update(sae=str(Path(cfg.sae).resolve()) if cfg.sae else None, model=s.model_name, layer=s.layer,
                tokens=s.tokens, batch_contexts=s.source.batch_contexts, sae_sha256=sae_fingerprint(s.sae))
     if cfg.activations:
@@ -208,19 +207,16 @@ def _identity(cfg: AnalyzeConfig, s: _Setup) -> dict[str, Any]:
 def _existing(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
     """True if `out` already holds this analysis; raises if it holds something else (unless `overwrite`)."""
     if out.exists() and not is_sqlite_file(out):  # --overwrite replaces only a database, never a user's file
-        raise FeaturescopeError(f"{out}: exists and is not a feature database; choose another --out")
+        raise FeaturescopeError(f"{out}: exists and is not a feature database; choose another `out`", settings=("out",))
     if not out.exists() or overwrite:
         return False
     try:
         with FeatureStore.open(out, full_check=True) as db:  # a damaged database is refused, never taken as done
             old = db.meta.get("identity", {})
     except FeaturescopeError as e:
-        raise FeaturescopeError(f"{e}; choose another --out or pass --overwrite") from None
-    if old == identity:
-        return True
-    changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-    raise FeaturescopeError(f"{out} holds an analysis with other settings ({', '.join(changed)} differ); "
-                            "use another --out or --overwrite")
+        raise FeaturescopeError(f"{e}; choose another `out` or pass `overwrite`",
+                                settings=(*e.settings, "out", "overwrite")) from None
+    return resume_or_refuse(old, identity, VOLATILE, f"{out} holds an analysis with other settings")
 
 
 def _work_dir(out: Path) -> Path:
@@ -231,9 +227,10 @@ def _resume(work: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, 
     if overwrite and work.exists():
         shutil.rmtree(work)
     info = state.load_info(work)
-    if info is not None and info.get("identity") != identity:
-        raise FeaturescopeError(f"{work} holds an unfinished analysis with other settings; rerun it with its own "
-                                "settings, or pass --overwrite to discard it")
+    if info is not None:
+        resume_or_refuse(info.get("identity", {}), identity, VOLATILE,
+                         f"{work} holds an unfinished analysis with other settings",
+                         advice="rerun it with its own settings, or pass `overwrite` to discard it")
     return info
 
 

@@ -43,7 +43,7 @@ def load_for_store(store: FeatureStore, *, sae: SAE | str | None = None, model: 
     if not isinstance(sae, SAE):
         path = sae or store.meta.get("sae")
         if not path:
-            raise FeaturescopeError(f"{store.path} does not record its SAE; pass --sae")
+            raise FeaturescopeError(f"{store.path} does not record its SAE; pass `sae`", settings=("sae",))
         sae = SAE.load(path, device=device)
     if sae.d_sae != store.d_sae or sae.d_in != int(store.meta["d_in"]):
         raise FeaturescopeError(f"the SAE has d_in={sae.d_in}, d_sae={sae.d_sae} but {store.path.name} was made with "

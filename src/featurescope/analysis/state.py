@@ -96,7 +96,7 @@ def load_info(work: Path) -> dict[str, Any] | None:
     info = read_json(work / STATE)
     if info.get("format") != FORMAT or int(info.get("version", 0)) > VERSION:
         raise FeaturescopeError(f"{work / STATE}: not an analysis checkpoint this featurescope reads; "
-                                "rerun with --overwrite")
+                                "rerun with `overwrite`", settings=("overwrite",))
     return info
 
 
@@ -106,4 +106,5 @@ def load_tensors(work: Path, info: dict[str, Any]) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise FeaturescopeError(f"{path}: unreadable analysis checkpoint ({e}); rerun with --overwrite") from None
+        raise FeaturescopeError(f"{path}: unreadable analysis checkpoint ({e}); rerun with `overwrite`",
+                                settings=("overwrite",)) from None

@@ -234,7 +234,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     paths = write_outputs(result, cfg.out)
-    if cfg.json:
+    if args.json:
         print(dumps(result_json(result), indent=2))
     else:
         _print_sweep(result, paths)
@@ -243,7 +243,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `steer` and `steer-sweep` to the `featurescope` subcommands."""
-    from featurescope.cli import add_command
+    from featurescope.cli import add_command, add_json_flag
     from featurescope.cli_args import add_dataclass_args
     from featurescope.steering.hook import MODES
     from featurescope.steering.sweep import SweepConfig
@@ -281,3 +281,4 @@ def register(sub: Any) -> None:
                     "(activation, KL / CE cost, top-token gain), with a plot", _cmd_sweep)
     _allow_negative_values(p)
     add_dataclass_args(p, SweepConfig)
+    add_json_flag(p)

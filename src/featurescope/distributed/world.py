@@ -50,7 +50,7 @@ def pick_device(name: str) -> torch.device:
     except RuntimeError:
         raise FeaturescopeError(f"unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise FeaturescopeError("--device cuda asked for, but no CUDA GPU is available")
+        raise FeaturescopeError("`device` cuda asked for, but no CUDA GPU is available", settings=("device",))
     return device
 
 
@@ -156,21 +156,21 @@ class World:
     def on_main(self, fn: Callable[[], T]) -> T | None:
         """Run `fn` on rank 0 only; an error there is raised on every rank (the others as a FeaturescopeError),
         so that no rank waits for a collective that rank 0 will never join."""
-        message = None
+        error = None  # [message, the settings it names]
         result = None
         failure: Exception | None = None
         if self.is_main:
             try:
                 result = fn()
             except FeaturescopeError as e:
-                message = str(e)
+                error = [str(e), list(e.settings)]
             except Exception as e:  # re-raised below, after the other ranks are told
-                failure, message = e, f"rank 0 failed: {type(e).__name__}: {e}"
-        message = self.broadcast_json(message)
+                failure, error = e, [f"rank 0 failed: {type(e).__name__}: {e}", []]
+        error = self.broadcast_json(error)
         if failure is not None:
             raise failure
-        if message is not None:
-            raise FeaturescopeError(message)
+        if error is not None:
+            raise FeaturescopeError(error[0], settings=error[1])
         return result
 
     def close(self) -> None:

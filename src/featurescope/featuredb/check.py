@@ -34,7 +34,7 @@ def is_sqlite_file(path: Path) -> bool:
 def damaged(path: str | Path) -> FeaturescopeError:
     """The one-line error of a damaged database."""
     return FeaturescopeError(f"{path}: the feature database is damaged; rebuild it (featurescope analyze "
-                             "--overwrite)")
+                             "`overwrite`)", settings=("overwrite",))
 
 
 def check_database(path: Path, con: sqlite3.Connection, tables: Iterable[str], *, full: bool = False) -> None:
@@ -47,12 +47,13 @@ def check_database(path: Path, con: sqlite3.Connection, tables: Iterable[str], *
         size = path.stat().st_size
         if page_size * pages != size:
             raise FeaturescopeError(f"{path}: the feature database is damaged (truncated or extended: {size} bytes, "
-                                    f"expected {page_size * pages}); rebuild it (featurescope analyze --overwrite)")
+                                    f"expected {page_size * pages}); rebuild it (featurescope analyze `overwrite`)",
+                                    settings=("overwrite",))
         have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = sorted(set(tables) - have)
         if missing:
             raise FeaturescopeError(f"{path}: the feature database lacks tables {', '.join(missing)}; rebuild it "
-                                    "(featurescope analyze --overwrite)")
+                                    "(featurescope analyze `overwrite`)", settings=("overwrite",))
         if full or size <= QUICK_CHECK_BYTES:
             result = [r[0] for r in con.execute("PRAGMA quick_check(100)")]
             if any(not line.startswith(CONSTRAINT_REPORTS) for line in result if line != "ok"):

@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.models.vision import VisionLanguageModel, as_vision_model, load_vision_model
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
+from featurescope.resume import resume_or_refuse
 from featurescope.vision.inputs import ImageItem, fit, image_size, list_items, load_image, thumbnail
 from featurescope.vision.store import (
     MODALITY,
@@ -92,13 +93,14 @@ class _Shard(NamedTuple):
 
 def _validate(cfg: ImageHarvestConfig) -> None:
     if not cfg.out:
-        raise FeaturescopeError("no output folder given (--out)")
+        raise FeaturescopeError("no output folder given (`out`)", settings=("out",))
     if cfg.ctx_len < 2 or cfg.batch_size <= 0 or cfg.shard_contexts <= 0 or cfg.thumbnail < 16:
-        raise FeaturescopeError("--ctx-len must be ≥ 2, --thumbnail ≥ 16, --batch-size and --shard-contexts > 0")
+        raise FeaturescopeError("`ctx_len` must be ≥ 2, `thumbnail` ≥ 16, `batch_size` and `shard_contexts` > 0",
+                                settings=("ctx_len", "thumbnail", "batch_size", "shard_contexts"))
     if cfg.dtype not in DTYPES:
         raise FeaturescopeError(f"unknown storage dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     if cfg.chat not in CHAT_MODES:
-        raise FeaturescopeError(f"--chat must be one of {', '.join(CHAT_MODES)}")
+        raise FeaturescopeError(f"`chat` must be one of {', '.join(CHAT_MODES)}", settings=("chat",))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FeaturescopeError(f"{out}: exists and is not a folder")
@@ -136,11 +138,9 @@ def _prepare(cfg: ImageHarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[
     old = read_json(out / MANIFEST)
     if old.get("format") != STORE_FORMAT or old.get("modality") != MODALITY:
         raise FeaturescopeError(f"{out}: holds something other than an image activation store; choose another "
-                                "--out or --overwrite")
-    diff = [f"{k} {old.get(k)!r} vs {fresh.get(k)!r}" for k in IDENTITY if old.get(k) != fresh.get(k)]
-    if diff:
-        raise FeaturescopeError(f"{out}: holds a harvest with other settings ({', '.join(diff)}); use another --out "
-                                "or --overwrite")
+                                "`out` or `overwrite`", settings=("out", "overwrite"))
+    resume_or_refuse({k: old.get(k) for k in IDENTITY}, {k: fresh.get(k) for k in IDENTITY}, (),
+                     f"{out}: holds a harvest with other settings", values=True)
     old["complete"], old["config"] = False, asdict(cfg)
     return old
 
@@ -161,7 +161,7 @@ def _check_owned(out: Path, everything: bool) -> None:
         return
     if manifest_of(out / MANIFEST, STORE_FORMAT) is None:
         raise FeaturescopeError(f"{out}: folder is not empty and holds no activation store; nothing was changed — "
-                                "choose an empty or new --out")
+                                "choose an empty or new `out`", settings=("out",))
     if everything:
         refuse_foreign(out, _written_here, "an image activation store's")
 
@@ -197,8 +197,8 @@ def _context(model: VisionLanguageModel, inputs: dict[str, torch.Tensor], b: int
                                 "(is there an image token in its caption?)")
     p = found[0]
     if int(p.positions.max()) >= ctx_len:
-        raise FeaturescopeError(f"{item.ref}: its image needs {int(p.positions.max()) + 1} tokens, more than --ctx-len "
-                                f"{ctx_len}; raise --ctx-len")
+        raise FeaturescopeError(f"{item.ref}: its image needs {int(p.positions.max()) + 1} tokens, more than `ctx_len` "
+                                f"{ctx_len}; raise `ctx_len`", settings=("ctx_len",))
     cut = length > ctx_len
     length = min(length, ctx_len)
     t = {"tokens": torch.full((ctx_len,), pad, dtype=torch.int32), "mask": torch.zeros(ctx_len, dtype=torch.bool),

@@ -50,7 +50,8 @@ def harvest(cfg: HarvestConfig, *, model: LanguageModel | None = None, progress:
         return harvest_ranks(cfg, model=model, progress=progress)
     if cfg.distributed > 1:
         if model is not None:
-            raise FeaturescopeError("--distributed starts new processes, which load the model themselves")
+            raise FeaturescopeError("`distributed` starts new processes, which load the model themselves",
+                                    settings=("distributed",))
         return _spawned(cfg, progress)
     start = time.perf_counter()
     out = Path(cfg.out)

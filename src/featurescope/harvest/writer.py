@@ -16,7 +16,7 @@ import torch
 from featurescope._version import __version__
 from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, shard_name
 from featurescope.atomic import read_json, write_json, write_safetensors
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.corpus import TextSource, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.harvest.heldout import DEFAULT_HELDOUT
@@ -24,6 +24,7 @@ from featurescope.models import LanguageModel, load_model
 from featurescope.models.cache import DEFAULT_LAYERS
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
+from featurescope.resume import resume_or_refuse
 
 # Settings that must match for a rerun to continue an existing store.
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
@@ -74,17 +75,18 @@ def _identity(m: dict[str, Any]) -> dict[str, Any]:
 
 def validate(cfg: HarvestConfig) -> None:
     if not cfg.out:
-        raise FeaturescopeError("no output folder given (--out)")
+        raise FeaturescopeError("no output folder given (`out`)", settings=("out",))
     if cfg.tokens <= 0:
-        raise FeaturescopeError(f"--tokens must be positive (got {cfg.tokens})")
+        raise FeaturescopeError(f"`tokens` must be positive (got {cfg.tokens})", settings=("tokens",))
     if cfg.ctx_len < 2:
-        raise FeaturescopeError(f"--ctx-len must be at least 2 (got {cfg.ctx_len})")
+        raise FeaturescopeError(f"`ctx_len` must be at least 2 (got {cfg.ctx_len})", settings=("ctx_len",))
     if cfg.batch_size <= 0 or cfg.shard_contexts <= 0:
-        raise FeaturescopeError("--batch-size and --shard-contexts must be positive")
+        raise FeaturescopeError("`batch_size` and `shard_contexts` must be positive",
+                                settings=("batch_size", "shard_contexts"))
     if cfg.distributed < 0:
-        raise FeaturescopeError(f"--distributed must be 0 or more (got {cfg.distributed})")
+        raise FeaturescopeError(f"`distributed` must be 0 or more (got {cfg.distributed})", settings=("distributed",))
     if not 0 <= cfg.heldout <= 0.5:
-        raise FeaturescopeError(f"--heldout must be between 0 and 0.5 (got {cfg.heldout})")
+        raise FeaturescopeError(f"`heldout` must be between 0 and 0.5 (got {cfg.heldout})", settings=("heldout",))
     if cfg.dtype not in DTYPES:
         raise FeaturescopeError(f"unknown storage dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
     out = Path(cfg.out)
@@ -129,15 +131,14 @@ def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, 
         return fresh
     old = read_json(out / MANIFEST)
     if old.get("format") != STORE_FORMAT:
-        raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; choose another --out")
-    if _identity(old) != _identity(fresh):
-        diff = ", ".join(f"{k} {old.get(k)!r} vs {fresh.get(k)!r}" for k in IDENTITY if old.get(k) != fresh.get(k))
-        raise FeaturescopeError(
-            f"{out}: holds a harvest with other settings ({diff}); use another --out or --overwrite"
-        )
+        raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; choose another `out`",
+                                settings=("out",))
+    resume_or_refuse(_identity(old), _identity(fresh), (), f"{out}: holds a harvest with other settings",
+                     values=True)
     rows = sum(s["rows"] for s in old["shards"])
     if rows > cfg.tokens:
-        raise FeaturescopeError(f"{out}: already holds {rows} rows, more than --tokens {cfg.tokens}")
+        raise FeaturescopeError(f"{out}: already holds {rows} rows, more than `tokens` {cfg.tokens}",
+                                settings=("tokens",))
     if old["shards"] and old["shards"][-1].get("partial") and rows < cfg.tokens:
         dropped = old["shards"].pop()  # ends mid-context: redo it with the larger budget
         for key in ("rows", "sum_norm", "excluded_positions", "excluded_sum_norm"):
@@ -193,7 +194,7 @@ def begin_store(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[st
     new = not (out / MANIFEST).exists()
     if new and out.is_dir() and any(out.iterdir()):
         raise FeaturescopeError(f"{out}: folder is not empty and holds no activation store ({MANIFEST}); "
-                                "choose an empty or new --out")
+                                "choose an empty or new `out`", settings=("out",))
     manifest = _prepare(cfg, out, fresh)
     out.mkdir(parents=True, exist_ok=True)
     _remove_strays(out, manifest)
@@ -210,7 +211,8 @@ def clear_store(cfg: HarvestConfig, out: Path) -> None:
     manifest = manifest_of(out / MANIFEST, STORE_FORMAT)
     if manifest is None:
         raise FeaturescopeError(f"{out}: holds a {MANIFEST} that is not an activation store's; "
-                                "--overwrite deletes only a store; choose another --out")
+                                "`overwrite` deletes only a store; choose another `out`",
+                                settings=("overwrite", "out"))
     ours = _ours({str(s.get("file")) for s in manifest.get("shards", []) if isinstance(s, dict)})
     refuse_foreign(out, ours, "an activation store's")
     for f in sorted(out.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last

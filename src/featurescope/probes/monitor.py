@@ -23,7 +23,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.errors import FeaturescopeError
 from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
@@ -117,7 +117,7 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
     """The features to watch and the category each was reported for."""
     if cfg.features:
         features = parse_features(cfg.features, store.d_sae)
-        require(features, "--features names no feature")
+        require(features, "`features` names no feature", settings=("features",))
         cats = {f: r.category for f in features for r in probe_tables.probes_for_feature(store, f)
                 if r.reported and r.probe_set == probe_set.name}
         return features, cats
@@ -126,7 +126,7 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
         what = f"category {cfg.category!r} of " if cfg.category else ""
         raise FeaturescopeError(f"no feature was reported for {what}probe set {probe_set.name!r} in {store.path.name}"
                                 f" (run `featurescope probe {store.path.name} --set {cfg.set}` first, or give "
-                                "--features)")
+                                "`features`)", settings=("features",))
     if not cfg.all_reported:
         rows = best_of_categories(rows)
     cats: dict[int, str] = {}
@@ -140,12 +140,14 @@ def calibration_parts(meta: dict[str, Any], *, chosen_by_probe: bool) -> tuple[f
     older version, which had no calibration part, cannot calibrate the features it chose itself."""
     if meta and "calibration" not in meta and chosen_by_probe:
         raise FeaturescopeError("the stored probe run predates the calibration part (its held-out texts chose the "
-                                "features): re-run `featurescope probe`, or give --features")
+                                "features): re-run `featurescope probe`, or give `features`",
+                                settings=("features",))
     calibration = float(meta.get("calibration", DEFAULT_CALIBRATION))
     if calibration == 0:
         if chosen_by_probe:
-            raise FeaturescopeError("the stored probe run set no texts aside for calibration (--calibration 0): "
-                                    "re-run `featurescope probe` with --calibration above 0, or give --features")
+            raise FeaturescopeError("the stored probe run set no texts aside for calibration (`calibration` 0): "
+                                    "re-run `featurescope probe` with `calibration` above 0, or give `features`",
+                                    settings=("calibration", "features"))
         calibration = DEFAULT_CALIBRATION  # features chosen by the user: any part of the texts can calibrate
     return float(meta.get("heldout", 0.5)), calibration, int(meta.get("seed", 0))
 
@@ -182,8 +184,9 @@ def calibrate(cfg: MonitorConfig, s: Any, probe_set: ProbeSet) -> Watch:
     held = calibration_texts(cfg, s.store, probe_set)
     negatives = [t.text for t in held if t.label == 0]
     need = min_negatives(cfg.fpr)
-    require(len(negatives) >= need, f"--fpr {cfg.fpr:g} needs at least {need} calibration negatives; the "
-            f"calibration part has {len(negatives)} (raise --fpr or use a larger probe set)")
+    require(len(negatives) >= need, f"`fpr` {cfg.fpr:g} needs at least {need} calibration negatives; the "
+            f"calibration part has {len(negatives)} (raise `fpr` or use a larger probe set)",
+            settings=("fpr",))
     scores = text_scores(s.model, s.sae, s.layer, [t.text for t in held], features, corpus_max, cfg.max_tokens)
     labels = np.array([t.label for t in held])
     tau = conformal_threshold(scores[labels == 0], cfg.fpr)
@@ -220,9 +223,11 @@ def run_monitor(cfg: MonitorConfig, stdin: IO[str] | None = None, stdout: IO[str
     """Read texts, write one JSON record per text, return the exit status (module doc)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    require(0 < cfg.fpr < 1, f"--fpr must be between 0 and 1 (got {cfg.fpr})")
-    require(cfg.max_tokens > 0 and cfg.triggers >= 0, "--max-tokens must be positive and --triggers ≥ 0")
-    require(cfg.format in FORMATS, f"unknown --format {cfg.format!r}; choose one of {', '.join(FORMATS)}")
+    require(0 < cfg.fpr < 1, f"`fpr` must be between 0 and 1 (got {cfg.fpr})", settings=("fpr",))
+    require(cfg.max_tokens > 0 and cfg.triggers >= 0, "`max_tokens` must be positive and `triggers` ≥ 0",
+            settings=("max_tokens", "triggers"))
+    require(cfg.format in FORMATS, f"unknown `format` {cfg.format!r}; choose one of {', '.join(FORMATS)}",
+            settings=("format",))
     probe_set = load_probe_set(cfg.set)
     if cfg.category:
         probe_set.category(cfg.category)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featurescope._version import __version__
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
 from featurescope.probes.crossling import CrossLingual, aligned_examples, cross_lingual
@@ -53,18 +53,14 @@ class MultilingualConfig:
     min_score: float = option(0.3, "score a feature needs (and above the shuffled-alignment maximum) to be listed")
     top_segments: int = option(10, "top segments per language used by the transfer rate")
     shuffles: int = option(5, "shuffled alignments for the chance level")
-    show: int = option(15, "features listed")
-    distinct_only: bool = option(False, "list only features whose peak tokens differ across most language pairs "
-                                        "(not names or numbers spelt alike)")
     max_tokens: int = option(128, "tokens kept per segment")
     batch_size: int = option(16, "segments per forward pass")
     seed: int = option(0, "seed of the verse sample and the shuffles")
     device: str = option("auto", "cpu, cuda or auto")
-    json: bool = option(False, "print JSON instead of a table")
 
 
 class MultilingualResult(NamedTuple):
-    """What a run found: the listed features (best first, with their aligned examples) and the run's numbers."""
+    """What a run found: every listed feature (best first, with its aligned examples) and the run's numbers."""
 
     path: Path
     langs: list[str]
@@ -84,12 +80,13 @@ def check_config(cfg: MultilingualConfig) -> list[str]:
     """The languages, after checking every setting (one clear error per mistake)."""
     langs = parse_langs(cfg.langs)
     require(cfg.db, "no feature database given")
-    require(cfg.verses >= 0, f"--verses must be ≥ 0 (got {cfg.verses})")
-    for name in ("examples", "min_segments", "top_segments", "max_tokens", "batch_size", "show"):
-        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
-    require(cfg.shuffles >= 0, f"--shuffles must be ≥ 0 (got {cfg.shuffles})")
-    require(0 < cfg.max_segment_fraction <= 1, "--max-segment-fraction must be in (0, 1]")
-    require(0 < cfg.max_density <= 1, "--max-density must be in (0, 1]")
+    require(cfg.verses >= 0, f"`verses` must be ≥ 0 (got {cfg.verses})", settings=("verses",))
+    for name in ("examples", "min_segments", "top_segments", "max_tokens", "batch_size"):
+        require(getattr(cfg, name) > 0, f"`{name}` must be positive (got {getattr(cfg, name)})", settings=(name,))
+    require(cfg.shuffles >= 0, f"`shuffles` must be ≥ 0 (got {cfg.shuffles})", settings=("shuffles",))
+    require(0 < cfg.max_segment_fraction <= 1, "`max_segment_fraction` must be in (0, 1]",
+            settings=("max_segment_fraction",))
+    require(0 < cfg.max_density <= 1, "`max_density` must be in (0, 1]", settings=("max_density",))
     return langs
 
 
@@ -106,9 +103,9 @@ def gather_segments(cfg: MultilingualConfig, langs: list[str]) -> tuple[list[Seg
     elif cfg.parallel != "none":
         segments += load_parallel(cfg.parallel, langs)
     segments += bible_segments(langs, cfg.verses, cfg.seed)
-    require(segments, "no parallel text: give --verses N or parallel sentences")
+    require(segments, "no parallel text: give `verses` N or parallel sentences", settings=("verses",))
     require(len(segments) >= 2 * cfg.min_segments, f"only {len(segments)} aligned segments: too few to score "
-            "features (raise --verses)")
+            "features (raise `verses`)", settings=("verses",))
     return segments, notices
 
 
@@ -161,7 +158,7 @@ def _score_rows(cl: CrossLingual, langs: list[str], listed: set[int], same: dict
 
 def _meta(cfg: MultilingualConfig, langs: list[str], counts: dict[str, int], cl: CrossLingual, listed: int,
           distinct: int) -> dict[str, object]:
-    volatile = ("db", "json", "device", "show", "distinct_only")
+    volatile = ("db", "device")
     return {"langs": langs, "segments": counts, "settings": {k: v for k, v in asdict(cfg).items() if k not in volatile},
             "null_max": cl.null_max, "eligible": int(cl.eligible.sum()), "listed": listed, "distinct_tokens": distinct,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -197,7 +194,7 @@ def run_multilingual(cfg: MultilingualConfig, *, sae: SAE | None = None, model: 
         meta = _meta(cfg, langs, counts, cl, len(listed), distinct)
         with probe_tables.update_db(cfg.db) as con:
             probe_tables.replace_multilingual(con, meta, scores, seg_rows, ex_rows)
-        top = probe_tables.multilingual_top(cfg.db, cfg.show, max_same_token=DISTINCT if cfg.distinct_only else None)
+        top = probe_tables.multilingual_top(cfg.db, len(listed))
         labels = best_labels(s.store, [f.feature for f in top])
     if len(segments) < 30:
         print(f"featurescope multilingual: only {len(segments)} aligned segments; scores are noisy", file=sys.stderr,

@@ -42,7 +42,7 @@ def parse_langs(spec: str | Sequence[str]) -> list[str]:
     if len(set(codes)) != len(codes):
         raise FeaturescopeError(f"a language is given twice in {','.join(codes)}")
     if len(codes) < 2:
-        raise FeaturescopeError("give at least two languages, e.g. --langs en,fr")
+        raise FeaturescopeError("give at least two languages, e.g. `langs` en,fr", settings=("langs",))
     return codes
 
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from featurescope._version import __version__
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.featuredb import probes as probe_tables
 from featurescope.models import LanguageModel
 from featurescope.probes.encode import EncodedTexts, decode_tokens, encode_texts
@@ -56,13 +56,11 @@ class ProbeConfig:
     max_tokens: int = option(128, "tokens kept per text")
     batch_size: int = option(16, "texts per forward pass")
     seed: int = option(0, "seed of the split, the permutations and the bootstrap")
-    show: int = option(5, "candidates shown per category")
     device: str = option("auto", "cpu, cuda or auto")
-    json: bool = option(False, "print JSON instead of tables")
 
 
 class ProbeResult(NamedTuple):
-    """The categories of one run with the candidates' labels."""
+    """The categories of one run with every candidate's label."""
 
     path: Path
     probe_set: str
@@ -81,14 +79,18 @@ class SuppressionResult(NamedTuple):
 def check_config(cfg: ProbeConfig) -> ProbeSet:
     """The probe set, after checking every setting."""
     require(cfg.db, "no feature database given")
-    require(0 < cfg.heldout < 1, f"--heldout must be between 0 and 1 (got {cfg.heldout})")
-    require(0 <= cfg.calibration < 1, f"--calibration must be in [0, 1) (got {cfg.calibration})")
-    require(0 < cfg.alpha < 1, f"--alpha must be between 0 and 1 (got {cfg.alpha})")
-    require(0.5 <= cfg.min_auroc <= 1, f"--min-auroc must be between 0.5 and 1 (got {cfg.min_auroc})")
-    for name in ("candidates", "permutations", "max_tokens", "batch_size", "show"):
-        require(getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
-    require(cfg.controls >= 0, f"--controls must be ≥ 0 (got {cfg.controls})")
-    require(cfg.mode in MODES, f"unknown --mode {cfg.mode!r}; choose one of {', '.join(MODES)}")
+    require(0 < cfg.heldout < 1, f"`heldout` must be between 0 and 1 (got {cfg.heldout})",
+            settings=("heldout",))
+    require(0 <= cfg.calibration < 1, f"`calibration` must be in [0, 1) (got {cfg.calibration})",
+            settings=("calibration",))
+    require(0 < cfg.alpha < 1, f"`alpha` must be between 0 and 1 (got {cfg.alpha})", settings=("alpha",))
+    require(0.5 <= cfg.min_auroc <= 1, f"`min_auroc` must be between 0.5 and 1 (got {cfg.min_auroc})",
+            settings=("min_auroc",))
+    for name in ("candidates", "permutations", "max_tokens", "batch_size"):
+        require(getattr(cfg, name) > 0, f"`{name}` must be positive (got {getattr(cfg, name)})", settings=(name,))
+    require(cfg.controls >= 0, f"`controls` must be ≥ 0 (got {cfg.controls})", settings=("controls",))
+    require(cfg.mode in MODES, f"unknown `mode` {cfg.mode!r}; choose one of {', '.join(MODES)}",
+            settings=("mode",))
     probe_set = load_probe_set(cfg.set)
     if cfg.category:
         probe_set.category(cfg.category)
@@ -96,7 +98,7 @@ def check_config(cfg: ProbeConfig) -> ProbeSet:
         from featurescope.featuredb.core import FeatureStore
 
         with FeatureStore.open(cfg.db) as store:
-            require(parse_features(cfg.suppress, store.d_sae), "--suppress names no feature")
+            require(parse_features(cfg.suppress, store.d_sae), "`suppress` names no feature", settings=("suppress",))
     return probe_set
 
 
@@ -170,8 +172,7 @@ def run_probe(cfg: ProbeConfig, *, sae: SAE | None = None, model: LanguageModel 
                 res_rows += [tuple(r) for r in con.execute("SELECT * FROM probe_results WHERE probe_set = ? AND "
                                                           "category != ?", (probe_set.name, cfg.category))]
             probe_tables.replace_probe(con, probe_set.name, meta, cat_rows, res_rows)
-        shown = {c.feature for r in results for c in r.candidates[:cfg.show]}
-        labels = best_labels(s.store, sorted(shown))
+        labels = best_labels(s.store, sorted({c.feature for r in results for c in r.candidates}))
     return ProbeResult(Path(cfg.db), probe_set.name, results, labels, time.perf_counter() - t0)
 
 

@@ -73,7 +73,7 @@ def best_labels(store: FeatureStore, ids: list[int]) -> dict[int, str]:
     return out
 
 
-def require(condition: Any, message: str) -> None:
-    """Raise FeaturescopeError(message) unless `condition`."""
+def require(condition: Any, message: str, *, settings: tuple[str, ...] = ()) -> None:
+    """Raise FeaturescopeError(message, settings=settings) unless `condition`."""
     if not condition:
-        raise FeaturescopeError(message)
+        raise FeaturescopeError(message, settings=settings)

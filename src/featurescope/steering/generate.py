@@ -33,7 +33,8 @@ def encode_prompt(model: LanguageModel, prompt: str, *, chat: bool = False) -> t
     tok: Any = model.tokenizer
     if chat:
         if not getattr(tok, "chat_template", None):
-            raise FeaturescopeError(f"{model.name} has no chat template: leave out --chat (chat=False)")
+            raise FeaturescopeError(f"{model.name} has no chat template: leave out `chat` (chat=False)",
+                                    settings=("chat",))
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                        add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]

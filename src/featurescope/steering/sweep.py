@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
@@ -59,7 +59,6 @@ class SweepConfig:
     model: str = option("", "model to load; empty means the SAE's own")
     device: str = option("auto", "cpu, cuda or auto")
     out: str = option("steer-sweep", "folder for feature_N.json and feature_N.html")
-    json: bool = option(False, "print JSON instead of a table")
 
 
 class SweepRow(NamedTuple):
@@ -193,12 +192,13 @@ def sweep(cfg: SweepConfig, model: LanguageModel, sae: SAE, *, max_acts: MaxActi
     multiples = [v.amount for v in parse_values(cfg.multiples)]
     top_act = cfg.max_activation if cfg.max_activation is not None else max_activation(max_acts, feature)
     if top_act is None:
-        raise FeaturescopeError("a sweep over multiples needs the feature's max activation: give --db or "
-                                "--max-activation")
+        raise FeaturescopeError("a sweep over multiples needs the feature's max activation: give `db` or "
+                                "`max_activation`", settings=("db", "max_activation"))
     if not math.isfinite(top_act) or top_act <= 0:
         raise FeaturescopeError(f"feature {feature} never fired (max activation {top_act:g}): nothing to sweep")
     if cfg.top_tokens <= 0 or cfg.contexts <= 0 or cfg.batch_size <= 0:
-        raise FeaturescopeError("--top-tokens, --contexts and --batch-size must be positive")
+        raise FeaturescopeError("`top_tokens`, `contexts` and `batch_size` must be positive",
+                                settings=("top_tokens", "contexts", "batch_size"))
     prompt_ids, prompt_text = encode_prompt(model, cfg.prompt, chat=cfg.chat)
     kwargs = generation_kwargs(model, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     hooks: list[tuple[SteeringHook | None, int]] = [(None, 0)]

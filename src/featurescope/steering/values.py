@@ -128,8 +128,7 @@ def resolve_values(features: Mapping[int, Any], d_sae: int, max_acts: MaxActivat
         if top is None:
             raise FeaturescopeError(
                 f"{value} for feature {i} is a multiple of its max activation, which is unknown: "
-                "give the feature database (--db / max_acts=) or an absolute value"
-            )
+                "give the feature database (`db` / max_acts=) or an absolute value", settings=("db",))
         if not math.isfinite(top) or top <= 0:
             raise FeaturescopeError(
                 f"feature {i} never fired in the database (max activation {top:g}): give an absolute value"

@@ -140,7 +140,8 @@ def load(folder: Path, *, rows: tuple[int, int] | None = None, per_feature: Coll
     try:
         tensors = load_file(str(path)) if rows is None else _load_rows(path, rows, per_feature)
     except (SafetensorError, OSError, ValueError) as e:
-        raise FeaturescopeError(f"{path}: unreadable checkpoint ({e}); rerun with --overwrite") from None
+        raise FeaturescopeError(f"{path}: unreadable checkpoint ({e}); rerun with `overwrite`",
+                                settings=("overwrite",)) from None
     return Checkpoint(info, tensors)
 
 

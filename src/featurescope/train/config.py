@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from featurescope.cli_args import option
+from featurescope.config_fields import option
 from featurescope.sae import ARCHITECTURES
 
 
@@ -52,6 +52,11 @@ class TrainConfig:
     shard_features: bool = option(False, "with several ranks: split the features across them instead of the batch")
     dist_backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, else gloo)",
                              choices=("auto", "nccl", "gloo"))
+
+
+VOLATILE = frozenset({"out", "device", "log_every", "checkpoint_every", "checkpoint_seconds", "overwrite",
+                      "distributed", "shard_features", "dist_backend"})
+"""Fields that do not change the result: a rerun may differ in them and still resume (on any world size)."""
 
 
 class Plan(NamedTuple):

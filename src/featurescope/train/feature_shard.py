@@ -152,8 +152,8 @@ class FeatureShardLayout(GroupLayout):
 
     def __init__(self, world: World, d_sae: int) -> None:
         if d_sae < world.size:
-            raise FeaturescopeError(f"--shard-features needs at least one feature per rank: {d_sae} features "
-                                    f"on {world.size} ranks")
+            raise FeaturescopeError(f"`shard_features` needs at least one feature per rank: {d_sae} features "
+                                    f"on {world.size} ranks", settings=("shard_features",))
         super().__init__(world)
         self.sizes = split_sizes(d_sae, world.size)
         first = sum(self.sizes[: world.rank])

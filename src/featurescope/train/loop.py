@@ -11,7 +11,6 @@ See docs/training.md.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -26,11 +25,12 @@ from featurescope.activations import ActivationSource, open_source
 from featurescope.atomic import read_json, write_json
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
+from featurescope.resume import resume_or_refuse, settings
 from featurescope.sae import SAE, SAEConfig, architecture_class
 from featurescope.sae.parallel import LOCAL, Parallel
 from featurescope.sae.resample import resample_dead
 from featurescope.train import checkpoint
-from featurescope.train.config import Plan, TrainConfig
+from featurescope.train.config import VOLATILE, Plan, TrainConfig
 from featurescope.train.layout import Layout
 from featurescope.train.setup import (
     EVAL_ROWS,
@@ -52,9 +52,6 @@ CONFIG_FILE = "train_config.json"
 SUMMARY_FILE = "training_summary.json"
 CHECKPOINT_DIR = "checkpoint"
 OWNED = ("cfg.json", "sae.safetensors", CONFIG_FILE, SUMMARY_FILE)
-VOLATILE = ("out", "device", "log_every", "checkpoint_every", "checkpoint_seconds", "overwrite", "distributed",
-            "shard_features", "dist_backend")
-"""Fields that do not change the result: a rerun may differ in them and still resume (on any world size)."""
 
 
 class TrainResult(NamedTuple):
@@ -76,7 +73,7 @@ def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
     k_default, k_aux_default = arch.default_k(features), arch.default_k_aux(d_in)
     k = None if k_default is None else cfg.k or k_default
     if k is not None and not 0 < k <= features:
-        raise FeaturescopeError(f"--k must be in 1..features ({features}), got {k}")
+        raise FeaturescopeError(f"`k` must be in 1..features ({features}), got {k}", settings=("k",))
     batches = source.num_batches(cfg.batch_size)
     total = batches * cfg.epochs
     lam = arch.default_sparsity_coefficient
@@ -92,7 +89,7 @@ def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
 
 def _record(cfg: TrainConfig, source: ActivationSource, p: Plan) -> dict[str, Any]:
     """The configuration as compared between reruns: resolved defaults, no volatile fields, the data's shape."""
-    rec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in VOLATILE}
+    rec = settings(cfg, VOLATILE)
     if rec["activations"]:
         rec["activations"] = str(Path(rec["activations"]).resolve())
     rec.update(features=p.features, k=p.k, lr=p.lr, sparsity_coefficient=p.sparsity_coefficient, k_aux=p.k_aux,
@@ -111,18 +108,16 @@ def _check_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
     if cfg.overwrite:
         ours = {*OWNED, CHECKPOINT_DIR}
         if any(f.name not in ours for f in out.iterdir()):
-            raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new --out")
+            raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new `out`",
+                                    settings=("out",))
         return out
     if (out / CONFIG_FILE).is_file():
-        old = read_json(out / CONFIG_FILE)
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        if changed:
-            raise FeaturescopeError(
-                f"{out} holds a training run with a different configuration ({', '.join(changed)} differ); "
-                "use a new --out, or --overwrite to discard it"
-            )
+        resume_or_refuse(read_json(out / CONFIG_FILE), record, VOLATILE,
+                         f"{out} holds a training run with a different configuration",
+                         advice="use a new `out`, or `overwrite` to discard it")
     elif any(out.iterdir()):
-        raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new --out or --overwrite")
+        raise FeaturescopeError(f"{out}: folder is not empty and holds no training run; use a new `out` or `overwrite`",
+                                settings=("out", "overwrite"))
     return out
 
 
@@ -182,7 +177,8 @@ class _Run:
         )
         state = lay.load_checkpoint(self.ckpt_dir, self.sae_cfg)
         if state is not None and state.info.get("config") != record:
-            raise FeaturescopeError(f"{self.ckpt_dir}: checkpoint of another configuration; use --overwrite")
+            raise FeaturescopeError(f"{self.ckpt_dir}: checkpoint of another configuration; use `overwrite`",
+                                    settings=("overwrite",))
         if state is None:
             sae = lay.create_sae(self.sae_cfg, cfg.seed)
         else:
@@ -335,7 +331,8 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
 
     spawn = cfg.distributed > 1 and not launched()
     if spawn and source is not None:
-        raise FeaturescopeError("--distributed starts new processes: give --activations (a path), not a source")
+        raise FeaturescopeError("`distributed` starts new processes: give `activations` (a path), not a source",
+                                settings=("distributed", "activations"))
     if source is None:
         source = open_source(cfg.activations, split="train")  # never the held-out rows `eval` measures on
     if cfg.max_rows is not None:

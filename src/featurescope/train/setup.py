@@ -44,43 +44,45 @@ def arch_settings(cfg: TrainConfig, plan: Plan) -> dict[str, Any]:
 def check_config(cfg: TrainConfig, *, have_source: bool) -> None:
     """Reject settings that cannot work, with one-line messages."""
     if not cfg.out:
-        raise FeaturescopeError("--out is required (the folder to write the SAE to)")
+        raise FeaturescopeError("`out` is required (the folder to write the SAE to)", settings=("out",))
     if not cfg.activations and not have_source:
-        raise FeaturescopeError("--activations is required (an activation store folder or a .npy file)")
+        raise FeaturescopeError("`activations` is required (an activation store folder or a .npy file)",
+                                settings=("activations",))
     architecture_class(cfg.arch)  # an unknown name raises, listing the known ones
     checks = [
-        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-        (cfg.features is None or cfg.features >= 1, f"--features must be positive, got {cfg.features}"),
-        (cfg.k is None or cfg.k >= 1, f"--k must be positive, got {cfg.k}"),
-        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (cfg.epochs >= 1, f"`epochs` must be at least 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"`batch_size` must be at least 1, got {cfg.batch_size}"),
+        (cfg.features is None or cfg.features >= 1, f"`features` must be positive, got {cfg.features}"),
+        (cfg.k is None or cfg.k >= 1, f"`k` must be positive, got {cfg.k}"),
+        (cfg.lr is None or cfg.lr > 0, f"`lr` must be positive, got {cfg.lr}"),
         (cfg.sparsity_coefficient is None or cfg.sparsity_coefficient >= 0,
-         "--sparsity-coefficient must not be negative"),
-        (0 <= cfg.warmup <= 1, "--warmup must be a fraction in [0, 1]"),
-        (0 <= cfg.lr_decay <= 1, "--lr-decay must be a fraction in [0, 1]"),
-        (cfg.auxk_coefficient >= 0, "--auxk-coefficient must not be negative"),
-        (cfg.k_aux is None or cfg.k_aux >= 1, "--k-aux must be positive"),
-        (cfg.bandwidth > 0, "--bandwidth must be positive"),
-        (cfg.init_threshold > 0, "--init-threshold must be positive"),
-        (cfg.threshold_lr_scale >= 0, "--threshold-lr-scale must not be negative"),
-        (cfg.dead_tokens is None or cfg.dead_tokens >= 1, "--dead-tokens must be positive"),
-        (cfg.select_dtype in ("bfloat16", "float32"), "--select-dtype must be bfloat16 or float32"),
-        (cfg.grad_clip >= 0, "--grad-clip must not be negative"),
-        (cfg.max_rows is None or cfg.max_rows >= 1, "--max-rows must be positive"),
-        (cfg.distributed >= 0, f"--distributed must not be negative, got {cfg.distributed}"),
+         "`sparsity_coefficient` must not be negative"),
+        (0 <= cfg.warmup <= 1, "`warmup` must be a fraction in [0, 1]"),
+        (0 <= cfg.lr_decay <= 1, "`lr_decay` must be a fraction in [0, 1]"),
+        (cfg.auxk_coefficient >= 0, "`auxk_coefficient` must not be negative"),
+        (cfg.k_aux is None or cfg.k_aux >= 1, "`k_aux` must be positive"),
+        (cfg.bandwidth > 0, "`bandwidth` must be positive"),
+        (cfg.init_threshold > 0, "`init_threshold` must be positive"),
+        (cfg.threshold_lr_scale >= 0, "`threshold_lr_scale` must not be negative"),
+        (cfg.dead_tokens is None or cfg.dead_tokens >= 1, "`dead_tokens` must be positive"),
+        (cfg.select_dtype in ("bfloat16", "float32"), "`select_dtype` must be bfloat16 or float32"),
+        (cfg.grad_clip >= 0, "`grad_clip` must not be negative"),
+        (cfg.max_rows is None or cfg.max_rows >= 1, "`max_rows` must be positive"),
+        (cfg.distributed >= 0, f"`distributed` must not be negative, got {cfg.distributed}"),
     ]
     for ok, message in checks:
         if not ok:
-            raise FeaturescopeError(message)
+            raise FeaturescopeError(message, settings=(message.split("`")[1],))  # each names its setting first
 
 
 def check_ranks(cfg: TrainConfig, features: int, ranks: int) -> None:
     """Reject a split of `features` features over `ranks` processes that cannot work."""
     if cfg.shard_features and features < ranks:
-        raise FeaturescopeError(f"--shard-features needs at least one feature per rank: {features} features "
-                                f"on {ranks} ranks")
+        raise FeaturescopeError(f"`shard_features` needs at least one feature per rank: {features} features "
+                                f"on {ranks} ranks", settings=("shard_features",))
     if cfg.dist_backend == "nccl" and pick_device(cfg.device).type != "cuda":
-        raise FeaturescopeError("--dist-backend nccl needs CUDA GPUs; use gloo (or auto) on the CPU")
+        raise FeaturescopeError("`dist_backend` nccl needs CUDA GPUs; use gloo (or auto) on the CPU",
+                                settings=("dist_backend",))
 
 
 def param_groups(sae: SAE, cfg: TrainConfig) -> list[dict[str, Any]]:

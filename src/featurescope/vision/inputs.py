@@ -89,7 +89,7 @@ def list_items(source: str | Path) -> list[ImageItem]:
     """The items of a folder of images (captions in NAME.txt) or of a JSONL file of {image, text}."""
     path = Path(source).expanduser()
     if not str(source):
-        raise FeaturescopeError("no images given (--images: a folder of images or a .jsonl file)")
+        raise FeaturescopeError("no images given (`images`: a folder of images or a .jsonl file)", settings=("images",))
     if path.is_dir():
         items = _folder_items(path)
         if not items:

@@ -86,8 +86,8 @@ def shard_refs(store_path: Path, entry: dict[str, Any]) -> list[str]:
         with safe_open(str(store_path / entry["images_file"]), framework="pt") as st:
             return [r["ref"] for r in json.loads((st.metadata() or {}).get("images", "[]"))]
     except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise FeaturescopeError(f"{store_path}: unreadable {entry.get('images_file')} ({e}); rerun with --overwrite"
-                                ) from None
+        raise FeaturescopeError(f"{store_path}: unreadable {entry.get('images_file')} ({e}); rerun with `overwrite`",
+                                settings=("overwrite",)) from None
 
 
 def image_records(store: ActivationStore) -> list[dict[str, Any]]:

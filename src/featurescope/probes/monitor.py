@@ -121,7 +121,7 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
     if cfg.features:
         features = parse_features(cfg.features, store.d_sae)
         require(features, "--features names no feature")
-        cats = {f: r.category for f in features for r in probe_tables.probes_for_feature(store, f)
+        cats: dict[int, str] = {f: r.category for f in features for r in probe_tables.probes_for_feature(store, f)
                 if r.reported and r.probe_set == probe_set.name}
         return features, cats
     rows = probe_tables.reported_features(store, probe_set.name, cfg.category or None)
@@ -132,7 +132,7 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
                                 "--features)")
     if not cfg.all_reported:
         rows = best_of_categories(rows)
-    cats: dict[int, str] = {}
+    cats = {}
     for r in rows:
         cats.setdefault(r.feature, r.category)
     return list(cats), cats
@@ -244,8 +244,8 @@ def _monitor_stream(cfg: MonitorConfig, stream: IO[str], stdout: IO[str], probe_
                     sae: SAE | None, model: LanguageModel | None, quiet: bool) -> int:
     lines = input_lines(stream)
     first = next(lines, None)
-    require(first is not None, "no input: " + ("stdin is empty" if cfg.input == "-" else f"{cfg.input} holds no "
-                                               "text"))
+    if first is None:
+        raise FeaturescopeError("no input: " + ("stdin is empty" if cfg.input == "-" else f"{cfg.input} holds no text"))
     flagged = errors = 0
     with open_session(cfg.db, sae=sae or cfg.sae, model=model or cfg.model, device=cfg.device) as s:
         watch = calibrate(cfg, s, probe_set)

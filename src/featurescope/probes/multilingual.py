@@ -137,7 +137,8 @@ def _examples(acts: np.ndarray, enc: EncodedTexts, tokens: list[list[str]], lang
     texts = [seg * n_lang + li for seg, _, _ in keys for li in range(n_lang)]
     feats = [f for _, _, f in keys for _ in range(n_lang)]
     token_acts = enc.token_acts_many(texts, feats)
-    rows, same = [], {}
+    rows: list[tuple] = []
+    same: dict[int, list[float]] = {}
     for j, (seg, rank, f) in enumerate(keys):
         peaks = []
         for li, lang in enumerate(langs):

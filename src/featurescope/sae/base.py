@@ -58,6 +58,8 @@ class SAE(nn.Module):
     (which any import of this module does first)."""
     parallel: Parallel = LOCAL
     """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
+    input_scale: Tensor
+    """Buffer: raw activations × input_scale = the SAE's internal units."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

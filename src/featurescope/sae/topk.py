@@ -159,6 +159,8 @@ class BatchTopKSAE(TopKSAE):
     """
 
     architecture = "batchtopk"
+    threshold: Tensor
+    threshold_updates: Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)

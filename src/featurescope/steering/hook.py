@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -62,9 +62,9 @@ class FeatureReader:
                 if arch == "relu":
                     self.threshold = torch.zeros_like(self.bias)
                 elif arch == "jumprelu":
-                    self.threshold = sae.threshold.detach()[self.index]
+                    self.threshold = cast(Tensor, sae.threshold).detach()[self.index]
                 else:
-                    self.threshold = sae.threshold.detach().clamp_min(0).expand_as(self.bias).clone()
+                    self.threshold = cast(Tensor, sae.threshold).detach().clamp_min(0).expand_as(self.bias).clone()
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -177,7 +177,7 @@ def load_max_acts(source: MaxActivations | str | Any | None, sae: SAE) -> MaxAct
     if source is None or isinstance(source, (Tensor, Mapping)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        with open_feature_store(source) as store:
+        with open_feature_store(os.fspath(source)) as store:
             return store_max_activations(store, d_sae=sae.cfg.d_sae, layer=sae.cfg.layer)
     if not hasattr(source, "max_activations"):
         raise FeaturescopeError(f"cannot read max activations from {type(source).__name__}")

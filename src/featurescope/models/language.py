@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from featurescope.errors import FeaturescopeError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _BLOCK_PATHS = (
     "model.layers",  # Llama, Gemma, Gemma 3, Qwen, Mistral, Phi-3
@@ -106,7 +106,7 @@ class LanguageModel:
     `blocks.9.hook_resid_post`).
     """
 
-    def __init__(self, hf_model: PreTrainedModel, tokenizer: Any, name: str, source: str) -> None:
+    def __init__(self, hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, source: str) -> None:
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name

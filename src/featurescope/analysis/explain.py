@@ -16,7 +16,7 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -119,7 +119,7 @@ class LocalChat(Explainer):
         out = self.model.hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=min(max_tokens, self.max_new_tokens),
                                      pad_token_id=self.model.tokenizer.pad_token_id)
-        return self.model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return cast(str, self.model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
     @torch.inference_mode()
     def detect(self, explanation: str, texts: Sequence[str]) -> list[float] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -76,7 +76,7 @@ def feature_panel(feature: Feature, *, examples: int = 10, per_interval: int = 1
         score = _score(lb.score, lb.score_lower) if lb.score is not None else "n/a"
         lines.append(f"{lb.kind} label: {lb.text}  [score {score}]")
     lines.append(LABEL_HELP)
-    parts: list[object] = [Panel(Group(head, *(Text(line) for line in lines)), expand=True)]
+    parts: list[RenderableType] = [Panel(Group(head, *(Text(line) for line in lines)), expand=True)]
     logits = Table(title="logit effects", title_justify="left")
     logits.add_column("promotes")
     logits.add_column("", justify="right")

@@ -59,7 +59,7 @@ def load_for_store(store: FeatureStore, *, sae: SAE | str | None = None, model: 
 @torch.inference_mode()
 def text_ids(model: LanguageModel, text: str) -> list[int]:
     """The token ids a text search reads: BOS (if the model has one), then at most MAX_TOKENS of `text`."""
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]  # type: ignore[operator]
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
     return [model.bos_id, *ids] if model.bos_id is not None else list(ids)
 
 

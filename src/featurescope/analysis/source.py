@@ -129,7 +129,7 @@ class ModelBatches:
     def batches(self, start_context: int = 0, rows_done: int = 0) -> Iterator[Batch]:
         """Batches from context `start_context` of the corpus on, `rows_done` rows of the budget already used."""
         budget = self.tokens - rows_done
-        stream = itertools.islice(self._stream(), start_context, None)
+        stream: Iterator[list[int]] = itertools.islice(self._stream(), start_context, None)
         first = start_context
         while budget > 0:
             ctxs = list(itertools.islice(stream, self.batch_contexts))

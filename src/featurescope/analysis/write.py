@@ -105,14 +105,14 @@ def _example_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
         n, S = q.intervals, q.per_interval
         value = q.value.view(-1, n, S).cpu()
         ctx = q.context.view(-1, n, S).cpu()
-        pos = q.position.view(-1, n, S).cpu()
+        positions = q.position.view(-1, n, S).cpu()
         acts = q.acts.view(-1, n, S, W).cpu()
         order = torch.where(ctx == EMPTY, -1.0, value).argsort(dim=2, descending=True)
         for f, j in (ctx != EMPTY).any(2).nonzero().tolist():
             for rank, s in enumerate(order[f, j].tolist()):
                 if int(ctx[f, j, s]) == EMPTY:
                     break
-                p = int(pos[f, j, s])
+                p = int(positions[f, j, s])
                 start = int(window_start(torch.tensor(p), T, W))
                 yield (f, "quantile", j, rank, float(value[f, j, s]), int(ctx[f, j, s]), p, start,
                        acts[f, j, s].numpy().astype("<f4").tobytes())

@@ -16,7 +16,7 @@ SHOWN_MULTIPLES = (1.0, 2.0, 5.0)
 
 
 def _allow_negative_values(parser: argparse.ArgumentParser) -> None:
-    parser._negative_number_matcher = _NEGATIVE_VALUE  # type: ignore[attr-defined]
+    parser._negative_number_matcher = _NEGATIVE_VALUE
 
 
 def _load_sae(path: str) -> Any:

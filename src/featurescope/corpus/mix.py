@@ -48,7 +48,9 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
 
 def code_chunks(text: str, size: int = CODE_CHUNK_CHARS) -> list[str]:
     """`text` cut at blank lines into pieces of about `size` characters (a longer block stays whole)."""
-    chunks, cur, n = [], [], 0
+    chunks: list[str] = []
+    cur: list[str] = []
+    n = 0
     for block in text.split("\n\n"):
         if cur and n + len(block) > size:
             chunks.append("\n\n".join(cur))

@@ -156,7 +156,7 @@ class World:
     def on_main(self, fn: Callable[[], T]) -> T | None:
         """Run `fn` on rank 0 only; an error there is raised on every rank (the others as a FeaturescopeError),
         so that no rank waits for a collective that rank 0 will never join."""
-        error = None  # [message, the settings it names]
+        error: list[Any] | None = None  # [message, the settings it names]
         result = None
         failure: Exception | None = None
         if self.is_main:
@@ -170,7 +170,7 @@ class World:
         if failure is not None:
             raise failure
         if error is not None:
-            raise FeaturescopeError(error[0], settings=error[1])
+            raise FeaturescopeError(str(error[0]), settings=tuple(error[1]))
         return result
 
     def close(self) -> None:

@@ -99,7 +99,8 @@ def sparse_probing(model: LanguageModel, sae: SAE, layer: int, datasets: Sequenc
     if not ks or min(ks) < 1:
         raise FeaturescopeError(f"sparse probing needs k values of 1 or more (got {list(ks)})")
     start = time.perf_counter()
-    details, every = [], []
+    details: list[dict[str, Any]] = []
+    every: list[ClassResult] = []
     for ds in datasets:
         parts = []
         for split in (ds.train, ds.test):

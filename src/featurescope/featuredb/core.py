@@ -73,7 +73,7 @@ TOP_BY = ("density", "max", "label-score", "mean", "id")
 class FeatureStats(NamedTuple):
     """Activation statistics of one feature over the analysed tokens."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, as NamedTuple allows
     """Tokens where the feature fires (activation > 0)."""
     density: float
     """count / tokens analysed."""

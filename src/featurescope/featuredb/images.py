@@ -205,4 +205,4 @@ def probe_scores(store: FeatureStore, n: int = 20) -> list[ProbeScore]:
     rows = store.con.execute("SELECT feature, consistency, jaccard, image_pairs, text_pairs, both_pairs FROM "
                              "image_probe_scores ORDER BY consistency DESC, feature LIMIT ?", (n,)).fetchall()
     labels = {f: (lb.text if (lb := store.feature(f).label) else "") for f, *_ in rows}
-    return [ProbeScore(*r, labels[r[0]]) for r in rows]
+    return [ProbeScore._make([*r, labels[r[0]]]) for r in rows]

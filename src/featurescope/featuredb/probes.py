@@ -286,12 +286,12 @@ def probe_summaries(db: FeatureStore | sqlite3.Connection | str | Path, probe_se
         for r in rows:
             cands.setdefault((r[0], r[1]), []).append(_probe_row(r))
         meta_order = {c[0]: (get_meta(con, f"probe:{c[0]}") or {}).get("categories", []) for c in cats}
-        out = [CategorySummary(*c[:9], c[9], cands.get((c[0], c[1]), [])) for c in cats]
+        out = [CategorySummary._make([*c[:10], cands.get((c[0], c[1]), [])]) for c in cats]
         return sorted(out, key=lambda s: (s.probe_set, _index(meta_order.get(s.probe_set, []), s.category)))
 
 
 def _probe_row(r: Sequence[Any]) -> ProbeRow:
-    return ProbeRow(*r[:8], bool(r[8]), json.loads(r[9]))
+    return ProbeRow._make([*r[:8], bool(r[8]), json.loads(r[9])])
 
 
 def _index(order: list[str], name: str) -> int:

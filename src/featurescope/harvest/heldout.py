@@ -49,8 +49,7 @@ def split_contexts(source: TextSource, tokenizer: object, *, ctx_len: int, bos_i
                    fraction: float) -> Iterator[tuple[list[int], bool]]:
     """(context, is_held_out) pairs: training and held-out documents interleaved as the module says."""
     if fraction <= 0:
-        for ctx in contexts(source, tokenizer, ctx_len=ctx_len, bos_id=bos_id):
-            yield ctx, False
+        yield from ((ctx, False) for ctx in contexts(source, tokenizer, ctx_len=ctx_len, bos_id=bos_id))
         return
     streams = {
         part: contexts(DocumentPart(source, fraction, part), tokenizer, ctx_len=ctx_len, bos_id=bos_id)

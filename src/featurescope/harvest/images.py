@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ from featurescope.vision.store import (
     shard_refs,
     thumbnail_name,
 )
+
+log = logging.getLogger(__name__)
 
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "prompt", "chat", "shard_contexts", "thumbnail")
 CHAT_MODES = ("auto", "on", "off")
@@ -291,8 +293,8 @@ def _write_shard(out: Path, manifest: dict[str, Any], shard: _Shard) -> None:
 def _report_resized(resized: list[str], limit: str) -> None:
     if resized:
         shown = ", ".join(resized[:5]) + (f", … ({len(resized) - 5} more)" if len(resized) > 5 else "")
-        print(f"featurescope: {len(resized)} image(s) larger than the processor's limit ({limit}) were downscaled to "
-              f"it: {shown}", file=sys.stderr)
+        log.warning("featurescope: %d image(s) larger than the processor's limit (%s) were downscaled to it: %s",
+                    len(resized), limit, shown)
 
 
 def harvest_images(cfg: ImageHarvestConfig, *, model: VisionLanguageModel | None = None,

@@ -43,7 +43,7 @@ from featurescope.models import LanguageModel
 class Shard(NamedTuple):
     """One shard of the plan: its index in the store, its contexts, which are held out, and its row budget."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as NamedTuple allows
     ctxs: list[list[int]]
     heldout: list[bool]
     budget: int

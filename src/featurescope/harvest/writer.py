@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import itertools
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ from featurescope.models.cache import DEFAULT_LAYERS
 from featurescope.outliers import MAX_NORM_RATIO, outlier_positions
 from featurescope.ownership import manifest_of, refuse_foreign, safetensors_format
 from featurescope.resume import resume_or_refuse
+
+log = logging.getLogger(__name__)
 
 # Settings that must match for a rerun to continue an existing store.
 IDENTITY = ("model", "layer", "corpus", "ctx_len", "dtype", "seed", "shard_contexts", "heldout")
@@ -229,7 +231,7 @@ def ran_out(cfg: HarvestConfig, out: Path, manifest: dict[str, Any], rows: int) 
     """Record that the corpus ended before `--tokens` rows (the store is complete) and say so."""
     manifest["exhausted"] = manifest["complete"] = True
     write_json(out / MANIFEST, manifest)
-    print(f"featurescope: corpus {cfg.corpus} ran out after {rows} rows (asked for {cfg.tokens})", file=sys.stderr)
+    log.warning("featurescope: corpus %s ran out after %d rows (asked for %d)", cfg.corpus, rows, cfg.tokens)
 
 
 def special_ids(model: LanguageModel) -> torch.Tensor:

@@ -10,9 +10,9 @@ import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +21,8 @@ from pathlib import Path
 
 from featurescope.errors import FeaturescopeError
 from featurescope.packages import package_dir
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MARKER = "featurescope-cache.json"
@@ -95,13 +97,13 @@ def _convert(gguf: Path, folder: Path, dtype: str = "bfloat16") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"featurescope: converting {gguf.name} to safetensors once (about half a minute)...", file=sys.stderr)
+    log.info("featurescope: converting %s to safetensors once (about half a minute)...", gguf.name)
     with _one_gguf_parse():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers refuses to save a model it marks as gguf-quantised; the weights are already dequantised.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers does not declare these attributes
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model = model.to(getattr(torch, dtype))

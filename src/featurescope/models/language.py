@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 
 from featurescope.errors import FeaturescopeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _BLOCK_PATHS = (
     "model.layers",  # Llama, Gemma, Gemma 3, Qwen, Mistral, Phi-3
@@ -55,7 +59,7 @@ class Capture:
         self.output: Tensor | None = None
 
     def __call__(self, module: nn.Module, args: object, output: object) -> None:
-        self.output = output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+        self.output = cast(Tensor, output[0] if isinstance(output, tuple) else output)
         if self.stop:
             raise StopForward
 
@@ -102,7 +106,7 @@ class LanguageModel:
     `blocks.9.hook_resid_post`).
     """
 
-    def __init__(self, hf_model: nn.Module, tokenizer: object, name: str, source: str) -> None:
+    def __init__(self, hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, source: str) -> None:
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name

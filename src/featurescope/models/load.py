@@ -60,5 +60,5 @@ def load_model(name: str = "default", *, device: str = "auto", dtype: str | torc
         raise FeaturescopeError(f"cannot load model from {folder}: {str(e).splitlines()[0]}") from None
     except ValueError as e:
         raise FeaturescopeError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
-    hf_model.to(device)
+    hf_model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) types it unbound
     return LanguageModel(hf_model, tokenizer, name=name, source=source)

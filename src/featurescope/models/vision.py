@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
 from featurescope.models.cache import BUILTIN_MODELS
 from featurescope.models.image_layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
 from featurescope.models.language import LanguageModel, default_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EXAMPLE_MODEL = "google/gemma-3-4b-it"
 _STRUCTURE_ATTRS = ("fake_image_token_id", "global_image_token_id", "boi_token_id", "eoi_token_id",
@@ -77,7 +80,7 @@ class VisionLanguageModel(LanguageModel):
     Tokens that only frame an image (tile and global-image markers, begin/end-of-image) are special.
     """
 
-    def __init__(self, hf_model: nn.Module, processor: Any, name: str, source: str) -> None:
+    def __init__(self, hf_model: PreTrainedModel, processor: Any, name: str, source: str) -> None:
         super().__init__(hf_model, processor.tokenizer, name=name, source=source)
         self.processor = processor
         cfg = hf_model.config
@@ -121,10 +124,11 @@ class VisionLanguageModel(LanguageModel):
             return Limit(longest_edge=get("longest_edge"))
         if self.vision_family in QWEN:
             return Limit(max_pixels=getattr(ip, "max_pixels", None) or get("longest_edge"))
-        if get("height") and get("width"):
-            return Limit(input_size=(int(get("width")), int(get("height"))))
-        if get("shortest_edge"):
-            return Limit(input_size=(int(get("shortest_edge")), int(get("shortest_edge"))))
+        width, height, shortest = get("width"), get("height"), get("shortest_edge")
+        if height and width:
+            return Limit(input_size=(int(width), int(height)))
+        if shortest:
+            return Limit(input_size=(int(shortest), int(shortest)))
         return Limit()
 
     def placeholder(self) -> str:
@@ -237,7 +241,7 @@ def load_vision_model(name: str, *, device: str = "auto", dtype: str | torch.dty
         raise FeaturescopeError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise _text_only(name, str(config.model_type))
-    hf_model.to(device)
+    hf_model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) types it unbound
     return VisionLanguageModel(hf_model, processor, name=name, source=source)
 
 

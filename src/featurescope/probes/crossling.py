@@ -78,7 +78,7 @@ def transfer_rates(acts: np.ndarray, top_segments: int) -> tuple[np.ndarray, np.
 def eligibility(fired: np.ndarray, n_seg: int, density: np.ndarray | None, *, max_density: float,
                 min_segments: int, max_segment_fraction: float) -> np.ndarray:
     """Bool [d]: sparse in the corpus, and firing on neither too few nor too many segments in every language."""
-    ok = (fired >= min_segments).all(axis=0) & (fired <= max_segment_fraction * n_seg).all(axis=0)
+    ok = np.asarray((fired >= min_segments).all(axis=0) & (fired <= max_segment_fraction * n_seg).all(axis=0))
     if density is not None:
         ok &= np.asarray(density) <= max_density
     return ok

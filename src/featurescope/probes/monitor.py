@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from featurescope.probes.sets import ProbeSet, ProbeText, arrays, load_probe_set
 from featurescope.probes.stats import DEFAULT_CALIBRATION, conformal_threshold, min_negatives, split_parts
 from featurescope.sae import SAE
 from featurescope.terminal import dumps
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "jsonl", "text")
 
@@ -118,7 +121,7 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
     if cfg.features:
         features = parse_features(cfg.features, store.d_sae)
         require(features, "`features` names no feature", settings=("features",))
-        cats = {f: r.category for f in features for r in probe_tables.probes_for_feature(store, f)
+        cats: dict[int, str] = {f: r.category for f in features for r in probe_tables.probes_for_feature(store, f)
                 if r.reported and r.probe_set == probe_set.name}
         return features, cats
     rows = probe_tables.reported_features(store, probe_set.name, cfg.category or None)
@@ -129,7 +132,7 @@ def choose_features(cfg: MonitorConfig, store: Any, probe_set: ProbeSet) -> tupl
                                 "`features`)", settings=("features",))
     if not cfg.all_reported:
         rows = best_of_categories(rows)
-    cats: dict[int, str] = {}
+    cats = {}
     for r in rows:
         cats.setdefault(r.feature, r.category)
     return list(cats), cats
@@ -217,12 +220,11 @@ def check_text(model: LanguageModel, sae: SAE, layer: int, watch: Watch, text: s
             "truncated": enc.truncated[0], "features": fired}
 
 
-def run_monitor(cfg: MonitorConfig, stdin: IO[str] | None = None, stdout: IO[str] | None = None,
-                stderr: IO[str] | None = None, *, sae: SAE | None = None, model: LanguageModel | None = None,
-                quiet: bool = False) -> int:
-    """Read texts, write one JSON record per text, return the exit status (module doc)."""
+def run_monitor(cfg: MonitorConfig, stdin: IO[str] | None = None, stdout: IO[str] | None = None, *,
+                sae: SAE | None = None, model: LanguageModel | None = None, quiet: bool = False) -> int:
+    """Read texts, write one JSON record per text, return the exit status (module doc); unless `quiet`, log
+    (INFO) what is watched and the threshold."""
     stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
     require(0 < cfg.fpr < 1, f"`fpr` must be between 0 and 1 (got {cfg.fpr})", settings=("fpr",))
     require(cfg.max_tokens > 0 and cfg.triggers >= 0, "`max_tokens` must be positive and `triggers` ≥ 0",
             settings=("max_tokens", "triggers"))
@@ -237,26 +239,26 @@ def run_monitor(cfg: MonitorConfig, stdin: IO[str] | None = None, stdout: IO[str
         choose_features(cfg, store, probe_set)
     stream = (stdin or sys.stdin) if cfg.input == "-" else _open_input(cfg.input)
     try:
-        return _monitor_stream(cfg, stream, stdout, stderr, probe_set, sae=sae, model=model, quiet=quiet)
+        return _monitor_stream(cfg, stream, stdout, probe_set, sae=sae, model=model, quiet=quiet)
     finally:
         if cfg.input != "-":
             stream.close()
 
 
-def _monitor_stream(cfg: MonitorConfig, stream: IO[str], stdout: IO[str], stderr: IO[str], probe_set: ProbeSet, *,
+def _monitor_stream(cfg: MonitorConfig, stream: IO[str], stdout: IO[str], probe_set: ProbeSet, *,
                     sae: SAE | None, model: LanguageModel | None, quiet: bool) -> int:
     lines = input_lines(stream)
     first = next(lines, None)
-    require(first is not None, "no input: " + ("stdin is empty" if cfg.input == "-" else f"{cfg.input} holds no "
-                                               "text"))
+    if first is None:
+        raise FeaturescopeError("no input: " + ("stdin is empty" if cfg.input == "-" else f"{cfg.input} holds no text"))
     flagged = errors = 0
     with open_session(cfg.db, sae=sae or cfg.sae, model=model or cfg.model, device=cfg.device) as s:
         watch = calibrate(cfg, s, probe_set)
         if not quiet:
             tpr = "" if watch.heldout_tpr is None else f", flags {watch.heldout_tpr:.0%} of its positives"
-            print(f"featurescope monitor: watching {len(watch.features)} feature(s) {watch.features}; threshold "
-                  f"{watch.threshold:.3f} × max activation, calibrated on {watch.negatives} unused negatives for "
-                  f"FPR ≤ {cfg.fpr:g}{tpr}", file=stderr, flush=True)
+            log.info("featurescope monitor: watching %d feature(s) %s; threshold %.3f × max activation, calibrated "
+                     "on %d unused negatives for FPR ≤ %g%s", len(watch.features), watch.features, watch.threshold,
+                     watch.negatives, cfg.fpr, tpr)
         for n, line in _chain(first, lines):
             try:
                 text, ident = parse_line(line, cfg.format)

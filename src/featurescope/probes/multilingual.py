@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
+import logging
 import time
 from dataclasses import asdict, dataclass
 from itertools import combinations
@@ -30,6 +30,8 @@ from featurescope.probes.parallel import (
 )
 from featurescope.probes.session import best_labels, open_session, require
 from featurescope.sae import SAE
+
+log = logging.getLogger(__name__)
 
 DISTINCT = 0.5
 """A listed feature with same_token below this fires on different tokens in most language pairs."""
@@ -132,7 +134,8 @@ def _examples(acts: np.ndarray, enc: EncodedTexts, tokens: list[list[str]], lang
     texts = [seg * n_lang + li for seg, _, _ in keys for li in range(n_lang)]
     feats = [f for _, _, f in keys for _ in range(n_lang)]
     token_acts = enc.token_acts_many(texts, feats)
-    rows, same = [], {}
+    rows: list[tuple] = []
+    same: dict[int, list[float]] = {}
     for j, (seg, rank, f) in enumerate(keys):
         peaks = []
         for li, lang in enumerate(langs):
@@ -173,7 +176,7 @@ def run_multilingual(cfg: MultilingualConfig, *, sae: SAE | None = None, model: 
     langs = check_config(cfg)
     segments, notices = gather_segments(cfg, langs)
     for notice in notices:
-        print(f"featurescope multilingual: {notice}", file=sys.stderr, flush=True)
+        log.warning("featurescope multilingual: %s", notice)
     with open_session(cfg.db, sae=sae or cfg.sae, model=model or cfg.model, device=cfg.device) as s:
         texts = [seg.texts[lang] for seg in segments for lang in langs]
         enc = encode_texts(s.model, s.sae, texts, s.layer, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
@@ -197,8 +200,7 @@ def run_multilingual(cfg: MultilingualConfig, *, sae: SAE | None = None, model: 
         top = probe_tables.multilingual_top(cfg.db, len(listed))
         labels = best_labels(s.store, [f.feature for f in top])
     if len(segments) < 30:
-        print(f"featurescope multilingual: only {len(segments)} aligned segments; scores are noisy", file=sys.stderr,
-              flush=True)
+        log.warning("featurescope multilingual: only %d aligned segments; scores are noisy", len(segments))
     return MultilingualResult(Path(cfg.db), langs, counts, int(cl.eligible.sum()), len(listed), distinct, cl.null_max,
                               cfg.min_score, top, labels, time.perf_counter() - t0)
 

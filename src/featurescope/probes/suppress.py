@@ -96,11 +96,13 @@ def selectivity(delta: np.ndarray, labels: np.ndarray, pairs: list[tuple[int, in
     if pairs:
         d = np.array([delta[p] - delta[n] for p, n in pairs])
         boot = d[rng.integers(0, len(d), (BOOTSTRAP, len(d)))].mean(axis=1)
-        return float(d.mean()), *map(float, np.quantile(boot, [0.025, 0.975]))
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        return float(d.mean()), float(lo), float(hi)
     pos, neg = delta[labels == 1], delta[labels == 0]
     boot = (pos[rng.integers(0, len(pos), (BOOTSTRAP, len(pos)))].mean(axis=1)
             - neg[rng.integers(0, len(neg), (BOOTSTRAP, len(neg)))].mean(axis=1))
-    return float(pos.mean() - neg.mean()), *map(float, np.quantile(boot, [0.025, 0.975]))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return float(pos.mean() - neg.mean()), float(lo), float(hi)
 
 
 def control_features(max_acts: np.ndarray, density: np.ndarray, target: int, n: int, exclude: set[int], seed: int,

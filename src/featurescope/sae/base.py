@@ -67,6 +67,8 @@ class SAE(nn.Module):
     """The name in cfg.json and `--arch`; a subclass that sets it registers itself (`featurescope.sae.registry`)."""
     parallel: Parallel = LOCAL
     """How training splits rows and features across processes (`featurescope.sae.parallel`)."""
+    input_scale: Tensor
+    """Buffer: raw activations × input_scale = the SAE's internal units."""
 
     # -- how `featurescope.train` trains it (class-level; each architecture sets its own) -------
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)

@@ -21,7 +21,9 @@ from torch import Tensor
 from featurescope.errors import FeaturescopeError
 from featurescope.sae.base import SAE
 from featurescope.sae.config import SAEConfig
+from featurescope.sae.jumprelu import JumpReLUSAE
 from featurescope.sae.registry import architecture_class
+from featurescope.sae.topk import BatchTopKSAE
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
@@ -107,12 +109,12 @@ def build_sae(cfg: SAEConfig, w: PlainWeights, *, input_scale: float = 1.0) -> S
     sae.b_dec.copy_(w.b_dec.to(dt))
     sae.input_scale.fill_(input_scale)
     thr = w.threshold
-    if cfg.architecture == "jumprelu":
+    if isinstance(sae, JumpReLUSAE):
         if thr is None or thr.shape != (cfg.d_sae,):
             raise FeaturescopeError(f"a jumprelu SAE needs a threshold of shape ({cfg.d_sae},)")
         # Our θ = exp(log_threshold) > 0 and f = pre·[pre > θ]; ReLU(pre)·[pre > t] = pre·[pre > max(t, 0)].
         sae.log_threshold.copy_(thr.to(torch.float64).clamp_min(0).log().to(sae.log_threshold.dtype))
-    elif cfg.architecture == "batchtopk":
+    elif isinstance(sae, BatchTopKSAE):
         if thr is None or thr.numel() != 1:
             raise FeaturescopeError("a batchtopk SAE needs one threshold")
         sae.threshold.fill_(float(thr.reshape(())))

@@ -97,8 +97,8 @@ def _input_map(folder: Path, cfg: dict[str, Any]) -> tuple[float, dict[str, Tens
 def load_saelens(folder: Path, cfg: dict[str, Any]) -> SAE:
     """Read a SAELens SAE folder (inference save, training checkpoint or pre-6 config) as our SAE."""
     arch = _architecture(folder, cfg)
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    ours = meta.get("featurescope") if isinstance(meta.get("featurescope"), dict) else {}
+    meta = m if isinstance(m := cfg.get("metadata"), dict) else {}
+    ours = o if isinstance(o := meta.get("featurescope"), dict) else {}
     d_in, d_sae = positive_int(folder, cfg, "d_in"), positive_int(folder, cfg, "d_sae")
     path = folder / WEIGHTS_FILE
     tensors = read_tensors(path)

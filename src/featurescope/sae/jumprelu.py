@@ -46,7 +46,7 @@ class _JumpReLU(torch.autograd.Function):
         return z * (z > theta)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # torch: (ctx, *grads)
         z, theta = ctx.saved_tensors
         eps = ctx.eps
         gz = g * (z > theta)
@@ -62,7 +62,7 @@ class _Step(torch.autograd.Function):
         return (z > theta).to(z.dtype)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # torch: (ctx, *grads)
         z, theta = ctx.saved_tensors
         eps = ctx.eps
         gtheta = _sum_to(-(1.0 / eps) * _rectangle((z - theta) / eps) * g, theta)

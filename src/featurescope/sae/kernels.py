@@ -127,7 +127,7 @@ class _SparseDot(torch.autograd.Function):
         return _gathered_dot(x, W, pattern) + b[pattern.cols]
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # torch: (ctx, *grads)
         x, W = ctx.saved_tensors
         p: Pattern = ctx.pattern
         gx = gW = gb = None
@@ -150,7 +150,7 @@ class _SparseSum(torch.autograd.Function):
                                per_sample_weights=values.to(W.dtype))
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # torch: (ctx, *grads)
         values, W = ctx.saved_tensors
         p: Pattern = ctx.pattern
         gv = gW = None

@@ -194,6 +194,8 @@ class BatchTopKSAE(TopKSAE):
     """
 
     architecture = "batchtopk"
+    threshold: Tensor
+    threshold_updates: Tensor
     # Adam as TopK's (Bussmann et al.)
 
     def __init__(self, cfg: SAEConfig) -> None:

@@ -21,7 +21,7 @@ from featurescope.server.api_store import explorer
 from featurescope.server.context import finite
 
 router = APIRouter(prefix="/api", tags=["live model"])
-LIVE_ERRORS = {409: {"description": "no model and SAE are loaded"}}
+LIVE_ERRORS: dict[int | str, dict[str, Any]] = {409: {"description": "no model and SAE are loaded"}}
 
 
 def _acts(values: list[float]) -> list[float]:

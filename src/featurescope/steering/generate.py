@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -76,7 +76,7 @@ def run_generate(model: LanguageModel, ids: Tensor, kwargs: Mapping[str, Any], s
 def decode(model: LanguageModel, ids: Tensor | Sequence[int]) -> str:
     """Text of token ids, special tokens left out."""
     ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    return model.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+    return cast(str, model.tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def generate_pair(model: LanguageModel, hook: SteeringHook, layer: int, ids: Tensor, kwargs: Mapping[str, Any],

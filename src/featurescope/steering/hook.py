@@ -171,7 +171,7 @@ def load_max_acts(source: MaxActivations | str | Any | None, sae: SAE) -> MaxAct
     if source is None or isinstance(source, (Tensor, Mapping)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        with open_feature_store(source) as store:
+        with open_feature_store(os.fspath(source)) as store:
             return store_max_activations(store, d_sae=sae.cfg.d_sae, layer=sae.cfg.layer)
     if not hasattr(source, "max_activations"):
         raise FeaturescopeError(f"cannot read max activations from {type(source).__name__}")

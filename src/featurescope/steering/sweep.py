@@ -17,7 +17,7 @@ import itertools
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -225,7 +225,7 @@ def sweep(cfg: SweepConfig, model: LanguageModel, sae: SAE, *, max_acts: MaxActi
             top_prob=st.top / st.n, top_prob_ratio=st.top / clean.top if clean.top > 0 else float("nan"),
             top_rate=rate, text=decode(model, new),
         ))
-    top_named = [(i, model.tokenizer.decode([i])) for i in top]  # type: ignore[attr-defined]
+    top_named = [(i, cast(str, model.tokenizer.decode([i]))) for i in top]
     return SweepResult(feature, cfg.mode, top_act, top_named, rows, prompt_text, clean.n)
 
 

@@ -122,6 +122,8 @@ class GroupLayout(Layout):
 class DataParallelLayout(GroupLayout):
     """DDP as an explicit gradient all-reduce over a whole SAE on every rank."""
 
+    parallel: DataParallel
+
     def __init__(self, world: World) -> None:
         super().__init__(world)
         self.parallel = DataParallel(world)

@@ -26,7 +26,7 @@ from featurescope.activations import ActivationSource
 from featurescope.atomic import write_json
 from featurescope.distributed.world import World
 from featurescope.errors import FeaturescopeError
-from featurescope.sae import SAE, SAEConfig, architecture_class
+from featurescope.sae import SAE, SAEConfig, TopKSAE, architecture_class
 from featurescope.sae.base import CFG_FILE, WEIGHTS_FILE
 from featurescope.sae.parallel import Parallel, RowTop
 from featurescope.train import checkpoint
@@ -47,7 +47,7 @@ class _ToShards(torch.autograd.Function):
         return t.view_as(t)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # torch: (ctx, *grads)
         g = g.contiguous().clone()
         dist.all_reduce(g)
         return g, None
@@ -63,7 +63,7 @@ class _FromShards(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # torch: (ctx, *grads)
         return g, None
 
 
@@ -167,7 +167,7 @@ class FeatureShardLayout(GroupLayout):
 
     def _attach(self, sae: SAE, cfg: SAEConfig) -> SAE:
         sae.parallel = self.parallel
-        if cfg.k is not None and hasattr(sae, "k"):
+        if cfg.k is not None and isinstance(sae, TopKSAE):
             sae.k = cfg.k  # the global k: a shard may hold fewer features than k
         return sae
 

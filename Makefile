@@ -67,8 +67,8 @@ demo: install
 
 # Screenshots of every explorer page (docs/screenshots/), taken by the browser tests.
 screenshots: install-test
-	FEATURESCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_explorer_pages.py \
-		tests/test_explorer_live_pages.py tests/test_explorer_views.py
+	FEATURESCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/server/test_explorer_pages.py \
+		tests/server/test_explorer_live_pages.py tests/server/test_explorer_views.py
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks

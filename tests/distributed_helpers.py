@@ -1,4 +1,4 @@
-"""Rank processes for tests/test_distributed*.py: a 2-rank gloo group on the CPU, started with torch.multiprocessing.
+"""Rank processes for tests/*/test_distributed_*.py: a 2-rank gloo group on the CPU, started with torch.multiprocessing.
 
 `run_ranks(jobs, world)` starts `world` processes that join one process group and run the jobs in order;
 a job is a JSON-able dict with `kind`:

@@ -1,4 +1,4 @@
-"""Run by the peers' Python (.venv-peers, with sae-lens and eai-sparsify) for tests/test_interop.py.
+"""Run by the peers' Python (.venv-peers, with sae-lens and eai-sparsify) for tests/sae/test_interop.py.
 
 Usage: python interop_peer.py JOBS.json. Every job reads the fixed input X (.npy, raw units) and writes
 `<out>.f.npy` (dense feature activations) and `<out>.xhat.npy` (reconstruction), computed by the peer

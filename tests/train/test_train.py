@@ -24,7 +24,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.synthetic import make_synthetic
 from featurescope.train import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import re
 
 import httpx
 import pytest
+from test_explorer_pages import Page, browser, explorer_db, features, server, shots  # noqa: F401  (fixtures)
 
 from featurescope.featuredb.core import FeatureStore
-from test_explorer_pages import Page, browser, explorer_db, features, server, shots  # noqa: F401  (fixtures)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 

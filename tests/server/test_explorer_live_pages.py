@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_explorer_pages import Page, browser, explorer_db, features, server, shots  # noqa: F401  (fixtures)
 
 from explorer_helpers import running_generations
-from test_explorer_pages import Page, browser, explorer_db, features, server, shots  # noqa: F401  (fixtures)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 BASELINE_GROWN = "n => { const b = document.querySelector('#baseline'); return !!b && b.textContent.length > n; }"

@@ -23,9 +23,9 @@ from torch import Tensor
 from featurescope import SAE, FeaturescopeError, SAEConfig
 from featurescope.sae.io import detect_format, export, load_any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEERS_PYTHON = Path(os.environ.get("FEATURESCOPE_PEERS_PYTHON", REPO / ".venv-peers" / "bin" / "python"))
-PEER_SCRIPT = Path(__file__).with_name("interop_peer.py")
+PEER_SCRIPT = REPO / "tests" / "interop_peer.py"
 
 D_IN, D_SAE, K, N_ROWS = 32, 128, 6, 64
 NORM = 5000.0

@@ -22,7 +22,7 @@ import torch
 
 from featurescope.analysis.labels import MIN_NEGATIVES, MIN_POSITIVES, detection_score, label_score, show_token
 from featurescope.errors import FeaturescopeError
-from featurescope.featuredb.core import Example, Feature
+from featurescope.featuredb.records import Example, Feature
 from featurescope.models import LanguageModel
 
 MARK_FRACTION = 0.25

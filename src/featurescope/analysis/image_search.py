@@ -9,7 +9,8 @@ import torch
 
 from featurescope.analysis.search import ORDERS, load_for_store
 from featurescope.errors import FeaturescopeError
-from featurescope.featuredb.core import FeatureStore, best_label
+from featurescope.featuredb.core import FeatureStore
+from featurescope.featuredb.records import best_label
 from featurescope.models import LanguageModel
 from featurescope.models.vision import as_vision_model
 from featurescope.sae import SAE

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from featurescope.analysis.labels import show_token
 from featurescope.analysis.search import TextSearch
-from featurescope.featuredb.core import Example, Feature, FeatureSummary, Neighbour
+from featurescope.featuredb.records import Example, Feature, FeatureSummary, Neighbour
 
 BARS = " ▁▂▃▄▅▆▇█"
 LABEL_HELP = ("label: the tokens the feature fires on most (→ the tokens it promotes, shown only where they agree); "

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import torch
 
 from featurescope.errors import FeaturescopeError
-from featurescope.featuredb.core import FeatureStore, best_label
+from featurescope.featuredb.core import FeatureStore
+from featurescope.featuredb.records import best_label
 from featurescope.models import LanguageModel, load_model
 from featurescope.sae import SAE
 from featurescope.tokentext import Merger, token_bytes

@@ -64,7 +64,7 @@ def open_session(db: str, *, sae: SAE | str | None = None, model: LanguageModel 
 
 def best_labels(store: FeatureStore, ids: list[int]) -> dict[int, str]:
     """The best label text of each feature ('' if none)."""
-    from featurescope.featuredb.core import best_label
+    from featurescope.featuredb.records import best_label
 
     out: dict[int, str] = {}
     for i in ids:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from featurescope.featuredb.core import FeatureSummary
+from featurescope.featuredb.records import FeatureSummary
 from featurescope.server import limits, schemas, views
 from featurescope.server.api_store import explorer
 

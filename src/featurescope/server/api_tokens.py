@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from featurescope.errors import FeaturescopeError
-from featurescope.featuredb.core import best_label
+from featurescope.featuredb.records import best_label
 from featurescope.server import limits
 from featurescope.server.api_live import LIVE_ERRORS
 from featurescope.server.api_store import explorer

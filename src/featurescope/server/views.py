@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from featurescope.featuredb import core as featuredb
+from featurescope.featuredb import records
 from featurescope.server import limits, schemas
 from featurescope.server.context import Explorer, finite
 
@@ -34,7 +35,7 @@ def info(ex: Explorer) -> schemas.Info:
         map_method=m.get("map_method"), live=ex.live is not None, limits=limits.as_dict())
 
 
-def summary(s: featuredb.FeatureSummary) -> schemas.FeatureSummary:
+def summary(s: records.FeatureSummary) -> schemas.FeatureSummary:
     return schemas.FeatureSummary(id=s.id, density=_num(s.density), max=_num(s.max), label=s.label,
                                   score=finite(s.score), score_lower=finite(s.score_lower))
 
@@ -42,27 +43,27 @@ def summary(s: featuredb.FeatureSummary) -> schemas.FeatureSummary:
 def feature_summary(store: featuredb.FeatureStore, i: int) -> schemas.FeatureSummary:
     """Feature `i`'s density, max and best label."""
     density, top = store.con.execute("SELECT density, max FROM features WHERE id = ?", (i,)).fetchone()
-    best = featuredb.best_label(store.labels(i))
+    best = records.best_label(store.labels(i))
     return schemas.FeatureSummary(id=i, density=_num(density), max=_num(top), label=best.text if best else "",
                                   score=finite(best.score) if best else None,
                                   score_lower=finite(best.score_lower) if best else None)
 
 
-def _example(e: featuredb.Example) -> schemas.Example:
+def _example(e: records.Example) -> schemas.Example:
     return schemas.Example(kind=e.kind, interval=e.interval, rank=e.rank, value=_num(e.value), context=e.context,
                            position=e.position, start=e.start, tokens=e.tokens, token_ids=e.token_ids,
                            acts=[_num(a) for a in e.acts])
 
 
-def _effects(effects: list[featuredb.TokenEffect]) -> list[schemas.TokenEffect]:
+def _effects(effects: list[records.TokenEffect]) -> list[schemas.TokenEffect]:
     return [schemas.TokenEffect(token=t.token, text=t.text, value=_num(t.value)) for t in effects]
 
 
-def neighbours(rows: list[featuredb.Neighbour]) -> list[schemas.Neighbour]:
+def neighbours(rows: list[records.Neighbour]) -> list[schemas.Neighbour]:
     return [schemas.Neighbour(feature=n.feature, cosine=_num(n.cosine), label=n.label) for n in rows]
 
 
-def feature(ex: Explorer, f: featuredb.Feature) -> schemas.FeatureDetail:
+def feature(ex: Explorer, f: records.Feature) -> schemas.FeatureDetail:
     """Everything about one feature."""
     s = f.stats
     stats = schemas.Stats(count=s.count, density=_num(s.density), mean=finite(s.mean), std=finite(s.std),

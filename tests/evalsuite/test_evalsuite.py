@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from featurescope.errors import FeaturescopeError
+from featurescope.evalsuite import causal
 from featurescope.evalsuite import datasets as D
 from featurescope.evalsuite.pooled import pooled
 from featurescope.evalsuite.sparse_probing import sparse_probing, top_features
@@ -90,3 +91,23 @@ def test_sparse_probing_finds_a_planted_language_feature(gemma, languages):
     assert good["eval_result_details"][0]["dataset_name"] == "language_id"
     with pytest.raises(FeaturescopeError, match="k values"):
         sparse_probing(gemma, planted, layer, [languages], ks=(0,))
+
+
+def test_language_tokens_are_each_languages_own(gemma, languages):
+    own = causal.language_tokens(gemma, languages)
+    assert all(own[c] for c in range(len(LANGS)))
+    zh = {gemma.tokenizer.decode([t]) for t in own[LANGS.index("zh")]}
+    assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in text) for text in zh) >= len(zh) // 2
+    assert not set(own[0]) & set(own[1])  # en and fr share no "own" token
+
+
+def test_clamping_a_planted_language_feature_moves_the_next_token_toward_it(gemma, languages):
+    layer = 9
+    planted = _language_sae(gemma, languages, layer, lang=1)  # French
+    train = pooled(gemma, planted, layer, [t for t, _ in languages.train])
+    out = causal.causal_language(gemma, planted, layer, languages, train, controls=3)
+    fr = next(d for d in out["eval_result_details"] if d["language"] == "fr")
+    assert fr["feature"] == 0 and fr["p_steered"] > fr["p_clean"]
+    assert fr["shift"] > max(fr["random_shifts"])  # more than any random feature clamped the same way
+    metrics = out["eval_result_metrics"]["causal"]
+    assert metrics["languages"] == len(LANGS) - 1 and metrics["languages_above_control"] >= 1

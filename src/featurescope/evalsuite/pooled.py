@@ -1,5 +1,5 @@
-"""Texts through the model and the SAE, pooled per text: the mean residual and the mean SAE activations over the
-text's own tokens (the BOS and padding left out), as in SAEBench's sparse probing."""
+"""Texts through the model and the SAE, pooled per text over its own tokens (the BOS and padding left out): the
+mean residual and the mean SAE activations, as in SAEBench's sparse probing, and each feature's peak."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from featurescope.sae import SAE
 
 
 class Pooled(NamedTuple):
-    """Per text: the mean residual [n, d_model] and the mean SAE activations [n, d_sae] (float32)."""
+    """Per text: the mean residual [n, d_model], the mean SAE activations [n, d_sae] and their maximum over the
+    text's tokens [n, d_sae] (float32)."""
 
     residual: np.ndarray
     features: np.ndarray
+    peak: np.ndarray
 
 
 @torch.inference_mode()
@@ -28,7 +30,7 @@ def pooled(model: LanguageModel, sae: SAE, layer: int, texts: Sequence[str], *, 
     """Mean residual and mean SAE activations of each text at block `layer` (texts cut to `max_tokens`)."""
     ids, _ = tokenize(model, texts, max_tokens)
     bos = [] if model.bos_id is None else [model.bos_id]
-    resid, feats = [], []
+    resid, feats, peaks = [], [], []
     for s in tqdm(range(0, len(ids), batch_size), desc=desc, disable=not progress, dynamic_ncols=True):
         rows = [bos + r for r in ids[s:s + batch_size]]
         width = max(len(r) for r in rows)
@@ -43,5 +45,7 @@ def pooled(model: LanguageModel, sae: SAE, layer: int, texts: Sequence[str], *, 
         h = h * own.unsqueeze(-1)  # padding zeroed: finite whatever the model leaves there
         weight = (own.float() / own.sum(1, keepdim=True).clamp(min=1)).unsqueeze(-1)
         resid.append((h * weight).sum(1).cpu())
-        feats.append((sae.encode(h) * weight.to(sae.W_dec.dtype)).sum(1).float().cpu())
-    return Pooled(torch.cat(resid).numpy(), torch.cat(feats).numpy())
+        f = sae.encode(h) * own.unsqueeze(-1)
+        feats.append((f * weight.to(f.dtype)).sum(1).float().cpu())
+        peaks.append(f.amax(1).float().cpu())
+    return Pooled(torch.cat(resid).numpy(), torch.cat(feats).numpy(), torch.cat(peaks).numpy())

@@ -90,37 +90,60 @@ def _metrics(results: Sequence[ClassResult], ks: Sequence[int]) -> dict[str, flo
     return out
 
 
+def probe_dataset(ds: ProbeDataset, train: Pooled, test: Pooled, *, ks: Sequence[int] = KS,
+                  seed: int = 0) -> tuple[dict[str, Any], list[ClassResult]]:
+    """The probes of every class of `ds` on its pooled train and test texts: the dataset's detail record and the
+    per-class results."""
+    y_train = np.array([c for _, c in ds.train], dtype=np.int64)
+    y_test = np.array([c for _, c in ds.test], dtype=np.int64)
+    classes = range(len(ds.classes)) if len(ds.classes) > 2 else range(1)
+    results = [binary_task(ds.classes[c], c, train, y_train, test, y_test, ks, seed) for c in classes]
+    detail = {"dataset_name": ds.name, **_metrics(results, ks),
+              "classes": {r.name: {"llm_test_accuracy": r.llm, "sae_test_accuracy": r.sae,
+                                   **{f"sae_top_{k}_test_accuracy": r.top_k[k] for k in ks},
+                                   "top_features": r.top_features} for r in results},
+              "train_texts": len(ds.train), "test_texts": len(ds.test)}
+    return detail, results
+
+
+def encode_dataset(model: LanguageModel, sae: SAE, layer: int, ds: ProbeDataset, *, max_tokens: int = 64,
+                   batch_size: int = 16, progress: bool = False) -> tuple[Pooled, Pooled]:
+    """The pooled train and test texts of `ds`."""
+    train, test = (pooled(model, sae, layer, [t for t, _ in split], max_tokens=max_tokens, batch_size=batch_size,
+                          progress=progress, desc=f"{ds.name} {name}")
+                   for name, split in (("train", ds.train), ("test", ds.test)))
+    return train, test
+
+
+def check_ks(ks: Sequence[int]) -> None:
+    if not ks or min(ks) < 1:
+        raise FeaturescopeError(f"sparse probing needs k values of 1 or more (got {list(ks)})", settings=("ks",))
+
+
+def result(details: list[dict[str, Any]], ks: Sequence[int], max_tokens: int, seed: int,
+           seconds: float) -> dict[str, Any]:
+    """The sparse-probing record from per-dataset details (SAEBench's layout)."""
+    names = ["llm_test_accuracy", "sae_test_accuracy", *(f"sae_top_{k}_test_accuracy" for k in ks)]
+    summary = {name: _mean([d[name] for d in details]) for name in names}
+    return {"eval_type_id": "sparse_probing",
+            "eval_config": {"k_values": list(ks), "max_tokens": max_tokens, "random_seed": seed,
+                            "dataset_names": [d["dataset_name"] for d in details], "pooling": "mean"},
+            "eval_result_metrics": {"llm": {"llm_test_accuracy": summary["llm_test_accuracy"]},
+                                    "sae": {k: v for k, v in summary.items() if k.startswith("sae_")}},
+            "eval_result_details": details, "seconds": round(seconds, 2)}
+
+
 def sparse_probing(model: LanguageModel, sae: SAE, layer: int, datasets: Sequence[ProbeDataset], *,
                    ks: Sequence[int] = KS, max_tokens: int = 64, batch_size: int = 16, seed: int = 0,
                    progress: bool = False) -> dict[str, Any]:
     """The sparse-probing result: SAEBench-style `eval_result_metrics` and per-dataset details."""
     if not datasets:
         raise FeaturescopeError("sparse probing needs at least one dataset")
-    if not ks or min(ks) < 1:
-        raise FeaturescopeError(f"sparse probing needs k values of 1 or more (got {list(ks)})")
+    check_ks(ks)
     start = time.perf_counter()
-    details: list[dict[str, Any]] = []
-    every: list[ClassResult] = []
+    details = []
     for ds in datasets:
-        parts = []
-        for split in (ds.train, ds.test):
-            texts = [t for t, _ in split]
-            parts.append((pooled(model, sae, layer, texts, max_tokens=max_tokens, batch_size=batch_size,
-                                 progress=progress, desc=ds.name),
-                          np.array([c for _, c in split], dtype=np.int64)))
-        (train, y_train), (test, y_test) = parts
-        classes = range(len(ds.classes)) if len(ds.classes) > 2 else range(1)
-        results = [binary_task(ds.classes[c], c, train, y_train, test, y_test, ks, seed) for c in classes]
-        every += results
-        details.append({"dataset_name": ds.name, **_metrics(results, ks),
-                        "classes": {r.name: {"llm_test_accuracy": r.llm, "sae_test_accuracy": r.sae,
-                                             **{f"sae_top_{k}_test_accuracy": r.top_k[k] for k in ks},
-                                             "top_features": r.top_features} for r in results},
-                        "train_texts": len(ds.train), "test_texts": len(ds.test)})
-    summary = {name: _mean([d[name] for d in details]) for name in _metrics(every, ks)}
-    return {"eval_type_id": "sparse_probing",
-            "eval_config": {"k_values": list(ks), "max_tokens": max_tokens, "random_seed": seed,
-                            "dataset_names": [d.name for d in datasets], "pooling": "mean"},
-            "eval_result_metrics": {"llm": {"llm_test_accuracy": summary["llm_test_accuracy"]},
-                                    "sae": {k: v for k, v in summary.items() if k.startswith("sae_")}},
-            "eval_result_details": details, "seconds": round(time.perf_counter() - start, 2)}
+        train, test = encode_dataset(model, sae, layer, ds, max_tokens=max_tokens, batch_size=batch_size,
+                                     progress=progress)
+        details.append(probe_dataset(ds, train, test, ks=ks, seed=seed)[0])
+    return result(details, ks, max_tokens, seed, time.perf_counter() - start)

@@ -93,6 +93,7 @@ def _print_comparison(c: Any, written: Any, db: str, as_json: bool) -> None:
             print(f"featurescope eval: {written.skipped_png}", file=sys.stderr)
         return
     from rich.table import Table
+    from rich.text import Text
 
     from featurescope.evaluate.report import COLUMNS, cell
 
@@ -102,8 +103,10 @@ def _print_comparison(c: Any, written: Any, db: str, as_json: bool) -> None:
     for field, title in COLUMNS:
         table.add_column(title, justify="left" if field in ("name", "architecture") else "right")
     for row in c.rows:
-        table.add_row(*(cell(row, field) for field, _ in COLUMNS))
+        table.add_row(*(Text(cell(row, field)) for field, _ in COLUMNS))  # Text: a name's [brackets] stay text
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, Console(width=10_000).measure(table).maximum))  # piped: whole rows
     console.print(table)
     data = first.as_dict()
     for key, what in data["measured_on"].items():

@@ -24,6 +24,7 @@ The pipeline, one command per stage:
   featurescope harvest --model default --layer 9 --corpus wiki-en --tokens 1000000 --out acts/
   featurescope train --activations acts/ --out sae/
   featurescope eval sae/ --activations acts/
+  featurescope eval sae-a/ sae-b/ --activations acts/      (several SAEs: a table and Pareto plots)
   featurescope export sae/ --format saelens --out sae-saelens/
 
 Every long command shows progress and resumes where it stopped when rerun with the same arguments.
@@ -82,11 +83,63 @@ def _print_eval(result: Any, as_json: bool) -> None:
         console.print(f"note: {note}", highlight=False)
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from featurescope.evaluate import EvalConfig, evaluate
+def _print_comparison(c: Any, written: Any, db: str, as_json: bool) -> None:
+    from featurescope.terminal import SafeConsole as Console
+    from featurescope.terminal import dumps
 
+    files = ", ".join(str(p) for p in written.paths) + (f"; stored in {db}" if db else "")
+    if as_json:
+        print(dumps(c.as_dict(), indent=2))
+        print(f"featurescope eval: wrote {files}", file=sys.stderr)
+        if written.skipped_png:
+            print(f"featurescope eval: {written.skipped_png}", file=sys.stderr)
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    from featurescope.evaluate.report import COLUMNS, cell
+
+    first = c.results[0]
+    where = "IN-SAMPLE: training rows" if first.in_sample else "held-out rows, never trained on"
+    table = Table(title=f"SAE comparison ({where}; ★ on the L0 / CE-recovered Pareto front)")
+    for field, title in COLUMNS:
+        table.add_column(title, justify="left" if field in ("name", "architecture") else "right")
+    for row in c.rows:
+        table.add_row(*(Text(cell(row, field)) for field, _ in COLUMNS))  # Text: a name's [brackets] stay text
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, Console(width=10_000).measure(table).maximum))  # piped: whole rows
+    console.print(table)
+    data = first.as_dict()
+    for key, what in data["measured_on"].items():
+        console.print(f"{key}: {what}", highlight=False)
+    for note in [*data["notes"], *([written.skipped_png] if written.skipped_png else [])]:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"wrote {files}", highlight=False)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from featurescope.evaluate import EvalConfig, compare_saes, evaluate, write_comparison
+    from featurescope.evaluate.compare import expand_paths
+
+    paths = expand_paths(args.sae)
     cfg = dataclass_from_args(EvalConfig, args)
-    _print_eval(evaluate(cfg, progress=not args.quiet and not args.json), args.json)
+    cfg.sae = paths[0]
+    progress = not args.quiet and not args.json
+    if len(paths) == 1 and not cfg.compare_out and not cfg.db:
+        _print_eval(evaluate(cfg, progress=progress), args.json)
+        return 0
+    if cfg.db:
+        from featurescope.featuredb import FeatureStore
+
+        FeatureStore.open(cfg.db).close()  # a bad database is an error now, not after the evaluation
+    c = compare_saes(cfg, paths, progress=progress)
+    written = write_comparison(c, cfg.compare_out or "eval-compare")
+    if cfg.db:
+        from featurescope.featuredb.compare import store_comparison
+
+        store_comparison(cfg.db, c.as_dict())
+    _print_comparison(c, written, cfg.db, args.json)
     return 0
 
 
@@ -201,8 +254,11 @@ def _register_core(sub: Any) -> None:
                                    "layer", _cmd_harvest), HarvestConfig)
     add_dataclass_args(add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]",
                                    _cmd_train), TrainConfig)
-    p = add_command(sub, "eval", "FVU, L0, dead features and CE loss recovered of an SAE", _cmd_eval)
-    add_dataclass_args(p, EvalConfig, positional=("sae",))
+    p = add_command(sub, "eval", "FVU, L0, dead features, CE loss recovered and KL of an SAE, or of several side by "
+                    "side (a table, Pareto plots)", _cmd_eval)
+    p.add_argument("sae", nargs="+", metavar="SAE", help="SAE folder (ours, SAELens or sparsify); several, or a glob "
+                   "such as 'runs/sae-*', evaluates them on the same data and compares them")
+    add_dataclass_args(p, EvalConfig, skip=("sae",))
     add_json_flag(p)
     p = add_command(sub, "export", "write an SAE in SAELens' or EleutherAI sparsify's format", _cmd_export)
     p.add_argument("sae", metavar="SAE", help="SAE folder")

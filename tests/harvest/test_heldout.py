@@ -111,7 +111,7 @@ def test_eval_defaults_to_heldout_and_labels_in_sample(split_store, gemma, tmp_p
     assert "held-out contexts" in d["measured_on"]["loss_recovered"]
     # the CE contexts are the store's held-out ones
     tokens, flags = _stored(ActivationStore(split_store))
-    from featurescope.evaluate import _store_contexts
+    from featurescope.evaluate.run import _store_contexts
 
     assert torch.equal(_store_contexts(ActivationStore(split_store), 2, "heldout"), tokens[flags][:2])
     with pytest.raises(FeaturescopeError, match="must be 0 or more"):

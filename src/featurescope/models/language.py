@@ -6,10 +6,10 @@ extends it for image-text-to-text models.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -241,36 +241,76 @@ class LanguageModel:
         """True for configs that rescale logits in ways `next_token_nll`'s own head does not reproduce."""
         return any(getattr(self.config, k, None) not in (None, 1, 1.0) for k in ("logit_scale", "logits_scaling"))
 
+    @property
+    def head_split(self) -> bool:
+        """True when `next_token_scores` applies the unembedding itself, in chunks (a linear head whose logits
+        are not rescaled); else it reads whole logits."""
+        return not self.logit_transform_unknown and isinstance(self.hf.get_output_embeddings(), nn.Linear)
+
+    @torch.inference_mode()
+    def head_state(self, input_ids: Tensor) -> Tensor:
+        """What `next_token_scores` reads of one forward pass: the head input [batch, seq, d_model] when
+        `head_split`, else the logits [batch, seq, vocab]."""
+        return self.head_input(input_ids) if self.head_split else self.logits(input_ids)
+
     @torch.inference_mode()
     def next_token_nll(self, input_ids: Tensor, chunk: int = 128) -> Tensor:
-        """−log p(token t+1 | tokens ≤ t) for every position but the last, [batch, seq − 1] float32.
+        """−log p(token t+1 | tokens ≤ t) for every position but the last, [batch, seq − 1] float32."""
+        return self.next_token_scores(input_ids, [self.head_state(input_ids)], chunk=chunk)[0].nll
 
-        The [positions × vocab] logits are made `chunk` positions at a time, in two buffers kept on the model and
+    @torch.inference_mode()
+    def next_token_scores(self, input_ids: Tensor, states: Sequence[Tensor], reference: int | None = None,
+                          chunk: int = 128) -> list[TokenScores]:
+        """Per forward pass over `input_ids` (`states`: their `head_state`s, e.g. with edits spliced in), the NLL
+        of every next token and, when `reference` indexes one of them, KL(reference ‖ it) per position.
+
+        The [positions × vocab] logits are made `chunk` positions at a time, in buffers kept on the model and
         reused (a fresh 100 MB+ tensor per chunk costs as much in page faults as the matmul): with a 262k-token
-        vocabulary the whole batch's float32 logits and their log-softmax would be gigabytes.
+        vocabulary the whole batch's float32 logits and their log-softmax would be gigabytes. The reference's
+        probabilities are made once per chunk and shared by every state.
         """
+        if not self.head_split:
+            return _full_scores(input_ids, states, reference)
         head = self.hf.get_output_embeddings()
-        if self.logit_transform_unknown or not isinstance(head, nn.Linear):
-            logp = torch.log_softmax(self.logits(input_ids)[:, :-1].float(), dim=-1)
-            return -logp.gather(-1, input_ids[:, 1:, None].to(logp.device)).squeeze(-1)
-        h = self.head_input(input_ids)[:, :-1].flatten(0, 1)
-        targets = input_ids[:, 1:].flatten().to(h.device)
+        assert isinstance(head, nn.Linear)
+        flat = [h[:, :-1].flatten(0, 1) for h in states]
+        targets = input_ids[:, 1:].flatten().to(flat[0].device)
         raw, flt = self._logit_buffers(chunk, head.weight)
         cap = getattr(self.config, "final_logit_softcapping", None)
-        out = torch.empty(len(h), dtype=torch.float32, device=h.device)
-        for s in range(0, len(h), chunk):
-            n = min(chunk, len(h) - s)
-            torch.mm(h[s : s + n], head.weight.T, out=raw[:n])
-            logits = flt[:n]
-            logits.copy_(raw[:n])
-            if head.bias is not None:
-                logits += head.bias
-            if cap:
-                logits.div_(cap).tanh_().mul_(cap)
-            target = logits.gather(-1, targets[s : s + n, None])[:, 0]
-            top = logits.amax(-1, keepdim=True)
-            out[s : s + n] = logits.sub_(top).exp_().sum(-1).log_() + top[:, 0] - target
-        return out.view(input_ids.shape[0], -1)
+        nll = [torch.empty(len(targets), dtype=torch.float32, device=targets.device) for _ in states]
+        kl = [torch.zeros_like(x) for x in nll] if reference is not None else None
+        probs, scratch = self._reference_buffers(chunk, head.weight) if reference is not None else (None, None)
+        order = sorted(range(len(states)), key=lambda k: k != reference)  # the reference first
+        for s in range(0, len(targets), chunk):
+            n = min(chunk, len(targets) - s)
+            ref_term: Tensor | None = None
+            for k in order:
+                logits = flt[:n]
+                torch.mm(flat[k][s : s + n], head.weight.T, out=raw[:n])
+                logits.copy_(raw[:n])
+                if head.bias is not None:
+                    logits += head.bias
+                if cap:
+                    logits.div_(cap).tanh_().mul_(cap)
+                target = logits.gather(-1, targets[s : s + n, None])[:, 0]
+                top = logits.amax(-1, keepdim=True)
+                if k == reference:
+                    assert probs is not None and scratch is not None
+                    p = probs[:n]
+                    total = torch.sub(logits, top, out=p).exp_().sum(-1)
+                    p.div_(total[:, None])
+                    # Σ p log p, from logits less their max (the terms of a float32 sum stay small)
+                    ref_term = _row_dot(p, logits.sub_(top), scratch) - total.log()
+                    nll[k][s : s + n] = total.log_() + top[:, 0] - target
+                    continue
+                logits.sub_(top)
+                cross = _row_dot(probs[:n], logits, scratch) if probs is not None and scratch is not None else None
+                lse = logits.exp_().sum(-1).log_()
+                nll[k][s : s + n] = lse + top[:, 0] - target
+                if kl is not None and cross is not None and ref_term is not None:
+                    kl[k][s : s + n] = (ref_term - cross + lse).clamp_min_(0)
+        shape = (input_ids.shape[0], -1)
+        return [TokenScores(nll[k].view(shape), None if kl is None else kl[k].view(shape)) for k in range(len(states))]
 
     def _logit_buffers(self, chunk: int, weight: Tensor) -> tuple[Tensor, Tensor]:
         """[chunk, vocab] buffers in the head's dtype and in float32, made once per (chunk, device, dtype)."""
@@ -280,6 +320,16 @@ class LanguageModel:
                              torch.empty(chunk, weight.shape[0], dtype=torch.float32, device=weight.device))
             self._buffers_key = key
         return self._buffers
+
+    def _reference_buffers(self, chunk: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Two float32 [chunk, vocab] buffers (the reference's probabilities, products), made once per (chunk,
+        device)."""
+        key = (chunk, weight.device)
+        if getattr(self, "_probs_key", None) != key:
+            self._probs = tuple(torch.empty(chunk, weight.shape[0], dtype=torch.float32, device=weight.device)
+                                for _ in range(2))
+            self._probs_key = key
+        return self._probs  # type: ignore[return-value]
 
     @contextmanager
     def splice(self, layer: int, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:
@@ -304,6 +354,36 @@ class LanguageModel:
             yield cap
         finally:
             handle.remove()
+
+
+class TokenScores(NamedTuple):
+    """Per predicted token of one forward pass, [batch, seq − 1] float32 each."""
+
+    nll: Tensor
+    """−log p(token t+1 | tokens ≤ t)."""
+    kl: Tensor | None
+    """KL(reference ‖ this) of the next-token distributions, in nats (0 for the reference itself; None without one)."""
+
+
+def _row_dot(a: Tensor, b: Tensor, scratch: Tensor) -> Tensor:
+    """Σ_v a[i, v]·b[i, v] for every row i, the products made in `scratch` and summed pairwise (a float32 dot
+    product over a 262k-token vocabulary accumulates errors of 1e-2)."""
+    out = scratch[: len(a)]
+    return torch.mul(a, b, out=out).sum(-1)
+
+
+def _full_scores(input_ids: Tensor, logits: Sequence[Tensor], reference: int | None) -> list[TokenScores]:
+    """`LanguageModel.next_token_scores` from whole logits [batch, seq, vocab]."""
+    targets = input_ids[:, 1:, None]
+    ref = None if reference is None else torch.log_softmax(logits[reference][:, :-1].float(), dim=-1)
+    out = []
+    for k, state in enumerate(logits):
+        logp = torch.log_softmax(state[:, :-1].float(), dim=-1)
+        nll = -logp.gather(-1, targets.to(logp.device)).squeeze(-1)
+        kl = None if ref is None else torch.zeros_like(nll) if k == reference else \
+            (ref.exp() * (ref - logp)).sum(-1).clamp_min_(0)
+        out.append(TokenScores(nll, kl))
+    return out
 
 
 def default_device() -> str:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from featurescope._version import __version__
 from featurescope.errors import FeaturescopeError
 from featurescope.server import (
+    api_compare,
     api_images,
     api_list,
     api_live,
@@ -96,6 +97,7 @@ def create_app(db_path: str | Path, sae: Any = None, model: Any = None, *,
     app.include_router(api_stream.router)
     app.include_router(api_tokens.router)
     app.include_router(api_probes.router)
+    app.include_router(api_compare.router)
     app.include_router(pages.router)
     app.mount("/static", pages.static_files(), name="static")
     app.add_middleware(Guard, hosts=allowed_hosts, limit=limits.MAX_BODY_BYTES)

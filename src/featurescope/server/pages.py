@@ -20,7 +20,7 @@ from featurescope.server.api_store import explorer
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"/overview": "overview.html", "/map": "map.html", "/search": "search.html", "/steer": "steer.html",
          "/docs": "api.html", "/features": "features.html", "/multilingual": "multilingual.html",
-         "/safety": "safety.html"}
+         "/safety": "safety.html", "/saes": "saes.html"}
 router = APIRouter(include_in_schema=False)
 
 

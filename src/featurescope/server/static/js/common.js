@@ -68,6 +68,12 @@ export function pct(x, digits = 2) {
   return `${fmt(100 * x, digits)}%`;
 }
 
+// Text for plotly's labels and hover text, which read a small HTML subset: entity-escaped (no &quot;: plotly shows
+// it raw).
+export function plotlyText(s) {
+  return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
 export function featureHref(id) {
   return `/feature/${Number(id)}`;
 }
@@ -94,7 +100,8 @@ export function param(name) {
 
 const NAV = [
   ["/overview", "Overview", "o"], ["/features", "Features", "l"], ["/map", "Map", "m"], ["/search", "Search", "s"],
-  ["/steer", "Steer", "t"], ["/multilingual", "Languages", "g"], ["/safety", "Safety", "y"], ["/docs", "API", "a"],
+  ["/steer", "Steer", "t"], ["/multilingual", "Languages", "g"], ["/safety", "Safety", "y"], ["/saes", "SAEs", "e"],
+  ["/docs", "API", "a"],
 ];
 const pageKeys = {};
 
@@ -106,7 +113,7 @@ function typing(event) {
 function helpDialog() {
   const rows = [
     ["/", "focus the search box of the page"], ["f", "go to a feature by id"],
-    ["o  l  m  s  t  g  y  a", "overview, features, map, search, steer, languages, safety, API"], ["← →  or  k j", "previous / next feature"],
+    ["o  l  m  s  t  g  y  e  a", "overview, features, map, search, steer, languages, safety, SAEs, API"], ["← →  or  k j", "previous / next feature"],
     ["Ctrl+Enter", "run the form you are typing in"], ["?", "this help"], ["Esc", "close"],
   ];
   return el("dialog", { id: "help", "aria-label": "Keyboard shortcuts" },

@@ -1,15 +1,11 @@
 // The map: every feature as a point (UMAP or PCA of decoder directions), coloured by log10 density.
 // Hover shows the label; click opens the feature; shift-click (or the box) selects one and highlights its
 // neighbours. plotly reads a small HTML subset in hover text, so labels are entity-escaped for it.
-import { api, append, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, intParam, param, pct, setParams,
-         showError } from "./common.js";
+import { api, append, clear, copyLinkButton, el, featureHref, featureLink, fmt, initNav, intParam, param, pct,
+         plotlyText, setParams, showError } from "./common.js";
 
 const main = document.getElementById("main");
 const GL_ABOVE = 20000; // points beyond which the WebGL trace type is used
-
-export function plotlyText(s) {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");  // no &quot;: plotly shows it raw
-}
 
 function cssVar(name, fallback) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;

@@ -1,33 +1,31 @@
-"""Evaluate an SAE: FVU, L0, dead fraction over activations, and CE loss recovered inside the model.
+"""Evaluate SAEs: FVU, L0, dead fraction over activations, and CE loss recovered and KL inside the model.
 
 By default every figure is measured on data the SAE never trained on: the store's (or .npy's) held-out
 rows and the store's held-out contexts (`split="heldout"`), plus CE loss recovered on a second,
 out-of-domain text set (`ood_corpus`, default `probe-texts`). Asked for `split="train"`, or given a source
 without a held-out part, the figures are in-sample and the result says so (`in_sample`, `notes`).
 
-FVU is around the mean: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (raw units). CE loss recovered is a ratio of means
-over the whole evaluation set: (CE_zero − CE_spliced) / (CE_zero − CE_clean), where the reconstruction
-(or zero) replaces the residual stream after block L at every position the SAE reads, and special
-positions (BOS, padding) and massive-activation outliers (`featurescope.outliers`) keep the model's own
-activation.
+FVU is around the mean: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (raw units); CE loss recovered and KL are defined in
+`featurescope.evaluate.metrics`. `evaluate_many` measures several SAEs of one model and layer on the same rows
+and contexts, loading the model once and running its clean forward pass once per batch for all of them.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from featurescope.activations import ActivationSource, ActivationStore, open_source
 from featurescope.config_fields import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
+from featurescope.evaluate.metrics import CEMetrics, ReconstructionMetrics, ce_metrics_many, reconstruction_metrics
 from featurescope.models import LanguageModel, default_device, load_model
-from featurescope.outliers import outlier_positions
 from featurescope.sae import SAE
 
 
@@ -35,9 +33,10 @@ from featurescope.sae import SAE
 class EvalConfig:
     """Settings of `featurescope eval`."""
 
-    sae: str = option("", "SAE folder (ours, SAELens or sparsify)")
+    sae: str = option("", "SAE folder (ours, SAELens or sparsify); the command takes several, or a glob, to compare")
     activations: str = option("", "activation store or .npy to measure FVU, L0 and dead %% on")
-    model: str = option("", "model for CE loss recovered (default: the store's or the SAE's model)")
+    model: str = option("", "model for CE loss recovered (default: the store's or the SAE's model); with several "
+                        "SAEs that record the same model under other names, the one they all read")
     corpus: str = option("", "corpus for CE contexts (default: the store's own contexts of --split)")
     split: str = option("heldout", "rows and contexts to measure on: heldout (never trained on) or train "
                         "(in-sample)", choices=("heldout", "train"))
@@ -50,92 +49,10 @@ class EvalConfig:
     device: str = option("auto", "cpu, cuda or auto")
     model_dtype: str = option("auto", "the model's compute dtype: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 "
                               "(~2x faster on a CPU; CE loss recovered within 1e-4 of float32 on the demo SAE)")
-
-
-class ReconstructionMetrics(NamedTuple):
-    """Quality of the reconstruction over activation rows."""
-
-    fvu: float
-    mse: float
-    l0: float
-    dead_fraction: float
-    rows: int
-
-
-class CEMetrics(NamedTuple):
-    """Next-token cross-entropy of the model clean, with the SAE spliced in, and with the layer zeroed."""
-
-    ce_clean: float
-    ce_spliced: float
-    ce_zero: float
-    loss_recovered: float
-    tokens: int
-
-
-@torch.inference_mode()
-def reconstruction_metrics(sae: SAE, x: Tensor, batch_size: int = 4096) -> ReconstructionMetrics:
-    """FVU (around the mean), MSE, L0 and the fraction of features that never fire, over rows `x`."""
-    if x.shape[-1] != sae.d_in:
-        raise FeaturescopeError(f"activations have width {x.shape[-1]} but the SAE reads d_in={sae.d_in}")
-    if len(x) == 0:
-        raise FeaturescopeError("no activation rows to evaluate")
-    device = sae.W_dec.device
-    mean = x.double().mean(0)
-    sq_err = sq_tot = active = 0.0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=device)
-    for s in range(0, len(x), batch_size):
-        xb = x[s : s + batch_size].to(device)
-        f = sae.encode(xb)
-        x_hat = sae.decode(f)
-        sq_err += float((xb.double() - x_hat.double()).pow(2).sum())
-        sq_tot += float((xb.double() - mean.to(device)).pow(2).sum())
-        nz = f > 0
-        active += float(nz.sum())
-        fired |= nz.any(0)
-    n = len(x)
-    return ReconstructionMetrics(
-        fvu=sq_err / sq_tot, mse=sq_err / (n * sae.d_in), l0=active / n,
-        dead_fraction=1.0 - float(fired.float().mean()), rows=n,
-    )
-
-
-class _SpliceSAE:
-    """Replaces the residual at the positions in `mask` by the SAE's reconstruction (or by zero)."""
-
-    def __init__(self, sae: SAE, zero: bool) -> None:
-        self.sae, self.zero = sae, zero
-        self.mask: Tensor | None = None
-
-    def __call__(self, h: Tensor) -> Tensor:
-        assert self.mask is not None
-        m = self.mask.to(h.device)
-        m = (m & ~outlier_positions(h.float().norm(dim=-1), m)).unsqueeze(-1)
-        new = torch.zeros_like(h) if self.zero else self.sae(h.float()).to(h.dtype)
-        return torch.where(m, new, h)
-
-
-def _sum_ce(model: LanguageModel, ids: Tensor) -> float:
-    return float(model.next_token_nll(ids).double().sum())
-
-
-@torch.inference_mode()
-def ce_metrics(model: LanguageModel, sae: SAE, layer: int, ids: Tensor, *, batch_size: int = 8,
-               progress: bool = False) -> CEMetrics:
-    """CE clean / spliced / zero-ablated over contexts `ids` [n, ctx_len], as ratios of means."""
-    special = torch.tensor(sorted(model.special_ids) or [-1])
-    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    splices = {"spliced": _SpliceSAE(sae, zero=False), "zero": _SpliceSAE(sae, zero=True)}
-    for s in tqdm(range(0, len(ids), batch_size), desc="CE loss", disable=not progress, leave=False):
-        batch = ids[s : s + batch_size]
-        sums["clean"] += _sum_ce(model, batch)
-        for name, editor in splices.items():
-            editor.mask = ~torch.isin(batch, special)
-            with model.splice(layer, editor):
-                sums[name] += _sum_ce(model, batch)
-    n = ids.shape[0] * (ids.shape[1] - 1)
-    clean, spliced, zero = (sums[k] / n for k in ("clean", "spliced", "zero"))
-    recovered = (zero - spliced) / (zero - clean) if zero != clean else float("nan")
-    return CEMetrics(clean, spliced, zero, recovered, n)
+    compare_out: str = option("", "with several SAEs: folder for compare.json, pareto.html and pareto.png "
+                              "(default: eval-compare)")
+    db: str = option("", "with several SAEs: also store the comparison in this feature database (the explorer's "
+                     "SAEs page)")
 
 
 def _store_contexts(source: ActivationSource, n: int, split: str) -> Tensor | None:
@@ -192,6 +109,8 @@ class EvalResult(NamedTuple):
         if self.ce is not None:
             data.update(self.ce._asdict())
             what["loss_recovered"] = f"CE loss recovered over {self.ce.tokens} predicted tokens of {self.ce_source}"
+            what["kl"] = ("mean KL(clean ‖ spliced) of the next-token distributions, in nats, over the same "
+                          f"{self.ce.tokens} predicted tokens")
         if self.ood_ce is not None:
             data["ood_corpus"] = self.ood_corpus
             data.update({f"ood_{k}": v for k, v in self.ood_ce._asdict().items()})
@@ -235,8 +154,35 @@ def _corpus_ids(spec: str, model: LanguageModel, ctx_len: int, n: int, seed: int
 
 def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | None = None,
              progress: bool = True) -> EvalResult:
-    """Reconstruction metrics and CE loss recovered (in-domain and out-of-domain), as configured."""
+    """Reconstruction metrics, CE loss recovered and KL (in-domain and out-of-domain), as configured."""
     if not cfg.sae and sae is None:
+        raise FeaturescopeError("no SAE given")
+    return evaluate_many(cfg, [sae if sae is not None else cfg.sae], model=model, progress=progress)[0]
+
+
+def _load(saes: Sequence[SAE | str], device: str) -> list[SAE]:
+    return [SAE.load(s, device=device) if isinstance(s, str) else s for s in saes]
+
+
+def check_same_input(saes: Sequence[SAE], names: Sequence[str], *, models: bool = True) -> None:
+    """One clear error unless every SAE reads the same activations: the same width, layer (SAELens' and
+    sparsify's hook names read as layers) and, with `models`, model (each compared where recorded)."""
+    fields = {"d_in": lambda s: s.d_in, "layer": lambda s: s.cfg.layer, "model": lambda s: s.cfg.model}
+    for what, get in fields.items():
+        known = [(name, get(sae)) for sae, name in zip(saes, names, strict=True) if get(sae) is not None]
+        other = next(((name, v) for name, v in known[1:] if v != known[0][1]), None)
+        if other is not None and (models or what != "model"):
+            hint = " (give --model if these name the same model)" if what == "model" else ""
+            raise FeaturescopeError(f"the SAEs do not read the same activations: {known[0][0]} has {what}="
+                                    f"{known[0][1]} but {other[0]} has {what}={other[1]}{hint}")
+
+
+def evaluate_many(cfg: EvalConfig, saes: Sequence[SAE | str], *, names: Sequence[str] | None = None,
+                  model: LanguageModel | None = None, progress: bool = True) -> list[EvalResult]:
+    """`evaluate` of each of `saes` (SAEs or folders) on the same rows and contexts: the rows are sampled once,
+    the model is loaded once and its clean (and zero-ablated) forward pass runs once per batch for all of them.
+    They must read the same activations (`check_same_input`; `names` label them in errors)."""
+    if not saes:
         raise FeaturescopeError("no SAE given")
     if not cfg.activations and not cfg.corpus:
         raise FeaturescopeError("give `activations` (a store or .npy) and/or `corpus` for CE loss recovered",
@@ -244,42 +190,58 @@ def evaluate(cfg: EvalConfig, *, sae: SAE | None = None, model: LanguageModel | 
     if cfg.ce_contexts < 0 or cfg.ood_contexts < 0:
         raise FeaturescopeError("the numbers of CE contexts (ce_contexts, ood_contexts) must be 0 or more")
     device = default_device() if cfg.device == "auto" else cfg.device
-    sae = sae or SAE.load(cfg.sae, device=device)
+    loaded = _load(saes, device)
+    names = list(names) if names is not None else [s if isinstance(s, str) else f"SAE {i}" for i, s in enumerate(saes)]
+    check_same_input(loaded, names, models=not cfg.model)  # --model names the one model to use
+    first = loaded[0]
     notes: list[str] = []
     source, split = _open_split(cfg.activations, cfg.split, notes) if cfg.activations else (None, cfg.split)
-    recon = None
+    recons: list[ReconstructionMetrics | None] = [None] * len(loaded)
     if source is not None:
-        _check_fits(sae, source)
-        recon = reconstruction_metrics(sae, source.sample(cfg.rows, seed=cfg.seed))
-    ce = ood = None
+        for sae in loaded:
+            _check_fits(sae, source)
+        rows = source.sample(cfg.rows, seed=cfg.seed)
+        recons = [reconstruction_metrics(sae, rows) for sae in loaded]
+    ces: list[CEMetrics | None] = [None] * len(loaded)
+    oods: list[CEMetrics | None] = [None] * len(loaded)
     ce_source = ""
     if cfg.ce_contexts > 0:
-        model_name = cfg.model or (source.model if source is not None else None) or sae.cfg.model
-        layer = sae.cfg.layer if sae.cfg.layer is not None else (source.layer if source is not None else None)
+        model_name = cfg.model or (source.model if source is not None else None) or next(
+            (s.cfg.model for s in loaded if s.cfg.model), None)
+        layer = next((s.cfg.layer for s in loaded if s.cfg.layer is not None),
+                     source.layer if source is not None else None)
         if model_name and layer is not None:
             model = model or load_model(model_name, device=device, dtype=cfg.model_dtype)
-            if model.d_model != sae.d_in:
-                raise FeaturescopeError(f"{model.name} has d_model={model.d_model} but the SAE reads d_in={sae.d_in}")
+            if model.d_model != first.d_in:
+                raise FeaturescopeError(f"{model.name} has d_model={model.d_model} but the SAE reads d_in={first.d_in}")
             model.check_layer(layer)
             ctx_len = int(source.manifest["ctx_len"]) if isinstance(source, ActivationStore) else 128
-            ids = None if cfg.corpus or source is None else _store_contexts(source, cfg.ce_contexts, split)
-            if ids is None:
-                corpus = cfg.corpus or "wiki-en"
-                ids = _corpus_ids(corpus, model, ctx_len, cfg.ce_contexts, cfg.seed + 1)
-                ce_source = f"{len(ids)} contexts of corpus {corpus}"
-                if isinstance(source, ActivationStore) and source.manifest.get("corpus") == corpus:
-                    notes.append(f"CE contexts from --corpus {corpus}, the store's own corpus: they may include "
-                                 "training text (omit --corpus to use the store's held-out contexts)")
-            else:
-                kind = "held-out" if split == "heldout" else "training (in-sample)"
-                ce_source = f"{len(ids)} {kind} contexts of the store"
-                if len(ids) < cfg.ce_contexts:
-                    notes.append(f"the store holds only {len(ids)} {kind} contexts (asked for {cfg.ce_contexts})")
-            sae = sae.to(model.device)
-            ce = ce_metrics(model, sae, layer, ids, batch_size=cfg.batch_size, progress=progress)
+            ids, ce_source = _ce_contexts(cfg, model, source, split, ctx_len, notes)
+            loaded = [sae.to(model.device) for sae in loaded]
+            ces = list(ce_metrics_many(model, loaded, layer, ids, batch_size=cfg.batch_size, progress=progress))
             if cfg.ood_corpus:
                 ood_ids = _corpus_ids(cfg.ood_corpus, model, ctx_len, cfg.ood_contexts or cfg.ce_contexts, cfg.seed + 1)
-                ood = ce_metrics(model, sae, layer, ood_ids, batch_size=cfg.batch_size, progress=progress)
+                oods = list(ce_metrics_many(model, loaded, layer, ood_ids, batch_size=cfg.batch_size,
+                                            progress=progress))
         elif cfg.model or cfg.corpus:
             raise FeaturescopeError("CE loss recovered needs the SAE's layer (not recorded in its cfg or the store)")
-    return EvalResult(recon, ce, ood, split, ce_source, cfg.ood_corpus if ood is not None else "", tuple(notes))
+    ood_name = cfg.ood_corpus if oods[0] is not None else ""
+    return [EvalResult(r, c, o, split, ce_source, ood_name, tuple(notes)) for r, c, o in zip(recons, ces, oods,
+                                                                                           strict=True)]
+
+
+def _ce_contexts(cfg: EvalConfig, model: LanguageModel, source: ActivationSource | None, split: str, ctx_len: int,
+                 notes: list[str]) -> tuple[Tensor, str]:
+    """The in-domain CE contexts (the store's of `split`, else --corpus's) and where they came from, in words."""
+    ids = None if cfg.corpus or source is None else _store_contexts(source, cfg.ce_contexts, split)
+    if ids is None:
+        corpus = cfg.corpus or "wiki-en"
+        ids = _corpus_ids(corpus, model, ctx_len, cfg.ce_contexts, cfg.seed + 1)
+        if isinstance(source, ActivationStore) and source.manifest.get("corpus") == corpus:
+            notes.append(f"CE contexts from --corpus {corpus}, the store's own corpus: they may include "
+                         "training text (omit --corpus to use the store's held-out contexts)")
+        return ids, f"{len(ids)} contexts of corpus {corpus}"
+    kind = "held-out" if split == "heldout" else "training (in-sample)"
+    if len(ids) < cfg.ce_contexts:
+        notes.append(f"the store holds only {len(ids)} {kind} contexts (asked for {cfg.ce_contexts})")
+    return ids, f"{len(ids)} {kind} contexts of the store"

@@ -160,6 +160,8 @@ def test_choice_prefers_the_multiple_where_the_concept_shows():
     assert calibrate.choose([_trial(1, concept=0.1), _trial(2, concept=0.1)], cfg)[0] == 1
     m, why = calibrate.choose([_trial(1), _trial(1.5), _trial(2, fluent=False)], cfg)
     assert m == 1.5 and "does not fire on the steered text" in why and "2x degenerates" in why
+    m, why = calibrate.choose([_trial(1, concept=-0.05), _trial(1.5, concept=-0.1)], cfg)  # fires less than unsteered
+    assert m == 1.5 and "does not fire on the steered text" in why
     m, why = calibrate.choose([_trial(1, fluent=False), _trial(0.5, concept=0.1)], cfg)
     assert m == 0.5 and "1x degenerates" in why
     m, why = calibrate.choose([_trial(1, fluent=False), _trial(0.5, fluent=False)], cfg)

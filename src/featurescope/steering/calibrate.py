@@ -219,8 +219,8 @@ def choose(trials: list[Trial], cfg: CalibrationConfig) -> tuple[float, str]:
     limit = (_why_not(failed, cfg) if failed is not None
              else f"every multiple up to {cfg.multiples[-1]:g}x stays fluent")
     top = max(t.concept for t in fluent)
-    best = min((t for t in fluent if t.concept >= cfg.near * top), key=lambda t: t.multiple)
     if top > 0:
+        best = min((t for t in fluent if t.concept >= cfg.near * top), key=lambda t: t.multiple)
         reason = (f"the smallest fluent multiple at which the feature fires on what it makes the model write "
                   f"about as much as at the best one (+{best.concept:.0%} of the tokens of {len(cfg.prompts)} "
                   f"neutral continuations; best +{top:.0%}); {limit}")

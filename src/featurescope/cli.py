@@ -125,6 +125,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     paths = expand_paths(args.sae)
     cfg = dataclass_from_args(EvalConfig, args)
     cfg.sae = paths[0]
+    if args.suite:
+        from featurescope.commands import suite
+
+        return suite.run(args, [str(p) for p in paths], cfg)
     progress = not args.quiet and not args.json
     if len(paths) == 1 and not cfg.compare_out and not cfg.db:
         _print_eval(evaluate(cfg, progress=progress), args.json)
@@ -260,6 +264,9 @@ def _register_core(sub: Any) -> None:
                    "such as 'runs/sae-*', evaluates them on the same data and compares them")
     add_dataclass_args(p, EvalConfig, skip=("sae",))
     add_json_flag(p)
+    from featurescope.commands.suite import add_suite_flags
+
+    add_suite_flags(p)
     p = add_command(sub, "export", "write an SAE in SAELens' or EleutherAI sparsify's format", _cmd_export)
     p.add_argument("sae", metavar="SAE", help="SAE folder")
     p.add_argument("--format", required=True, choices=("saelens", "sparsify"), help="target format")

@@ -32,6 +32,7 @@ import torch
 from featurescope.evalsuite.datasets import ProbeDataset
 from featurescope.evalsuite.pooled import Pooled
 from featurescope.models import LanguageModel
+from featurescope.models.language import pad_right
 from featurescope.probes.encode import tokenize
 from featurescope.sae import SAE
 from featurescope.steering.hook import SteeringHook, attach
@@ -62,12 +63,7 @@ def next_token_mass(model: LanguageModel, prompts: tuple[str, ...], tokens: list
     """Mean over `prompts` of the next-token probability of `tokens` (one right-padded batch; with `hook` on
     block `layer`)."""
     rows = [list(model.tokenizer(p)["input_ids"]) for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = torch.tensor(r)
-        mask[j, :len(r)] = 1
+    ids, mask = pad_right(rows)
     if hook is None:
         logits = model.logits(ids, mask)
     else:

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featurescope.models import LanguageModel
+from featurescope.models.language import pad_right
 from featurescope.probes.encode import tokenize
 from featurescope.sae import SAE
 
@@ -33,12 +34,7 @@ def pooled(model: LanguageModel, sae: SAE, layer: int, texts: Sequence[str], *, 
     resid, feats, peaks = [], [], []
     for s in tqdm(range(0, len(ids), batch_size), desc=desc, disable=not progress, dynamic_ncols=True):
         rows = [bos + r for r in ids[s:s + batch_size]]
-        width = max(len(r) for r in rows)
-        batch = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for j, r in enumerate(rows):
-            batch[j, :len(r)] = torch.tensor(r)
-            mask[j, :len(r)] = 1
+        batch, mask = pad_right(rows)
         h = model.residual(batch, layer, attention_mask=mask).float()
         own = mask.to(h.device).bool()
         own[:, :len(bos)] = False

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from featurescope.featuredb.core import update_db
+from featurescope.featuredb.core import ensure_tables, table_columns, update_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sae_compare_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,23 +33,9 @@ SETTINGS = ("format", "version", "featurescope_version", "created", "model", "la
 """The keys of compare.json kept in sae_compare_meta (all but `saes`)."""
 
 
-def _columns(con: sqlite3.Connection, table: str) -> list[str]:
-    return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
-
-
 def ensure_schema(con: sqlite3.Connection) -> None:
     """Create the tables; one of an older layout (other columns) is dropped and recreated."""
-    ref = sqlite3.connect(":memory:")
-    try:
-        ref.executescript(SCHEMA)
-        expected = {t: _columns(ref, t) for t in TABLES}
-    finally:
-        ref.close()
-    for table, columns in expected.items():
-        found = _columns(con, table)
-        if found and found != columns:
-            con.execute(f"DROP TABLE {table}")
-    con.executescript(SCHEMA)
+    ensure_tables(con, SCHEMA, TABLES)
 
 
 def replace_comparison(con: sqlite3.Connection, data: dict[str, Any]) -> None:
@@ -81,7 +67,7 @@ def _has_tables(con: sqlite3.Connection, names: Sequence[str]) -> bool:
 
 def read_comparison(con: sqlite3.Connection) -> dict[str, Any] | None:
     """The stored comparison as a compare.json document whose records lack `eval`; None when there is none."""
-    if not _has_tables(con, TABLES) or _columns(con, "sae_compare")[1:-1] != list(ROW_COLUMNS):
+    if not _has_tables(con, TABLES) or table_columns(con, "sae_compare")[1:-1] != list(ROW_COLUMNS):
         return None
     meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM sae_compare_meta")}
     rows = con.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM sae_compare ORDER BY rank").fetchall()

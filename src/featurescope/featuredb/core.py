@@ -186,6 +186,27 @@ def copy_db(src: str | Path, dst: str | Path) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------------
+def table_columns(con: sqlite3.Connection, table: str) -> list[str]:
+    """The column names of `table` in order ([] when it does not exist)."""
+    return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+
+
+def ensure_tables(con: sqlite3.Connection, schema: str, tables: Sequence[str]) -> None:
+    """Create the `tables` of `schema` (CREATE TABLE IF NOT EXISTS statements); one of them found with other
+    columns (an older layout) is dropped and recreated."""
+    ref = sqlite3.connect(":memory:")
+    try:
+        ref.executescript(schema)
+        expected = {t: table_columns(ref, t) for t in tables}
+    finally:
+        ref.close()
+    for table, columns in expected.items():
+        found = table_columns(con, table)
+        if found and found != columns:
+            con.execute(f"DROP TABLE {table}")
+    con.executescript(schema)
+
+
 def has_column(con: sqlite3.Connection, table: str, column: str) -> bool:
     """Whether `table` has `column` (version 2 added `tokens.bytes` and `labels.score_lower`)."""
     try:

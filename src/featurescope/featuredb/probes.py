@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from featurescope.featuredb.core import FeatureStore
+from featurescope.featuredb.core import FeatureStore, ensure_tables
 from featurescope.featuredb.core import update_db as store_update_db
 
 SCHEMA = """
@@ -56,23 +56,9 @@ TABLES = ("probes_meta", "multilingual_scores", "multilingual_segments", "multil
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def _columns(con: sqlite3.Connection, table: str) -> list[str]:
-    return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
-
-
 def ensure_schema(con: sqlite3.Connection) -> None:
     """Create the probes' tables; a table of an older layout (other columns) is dropped and recreated."""
-    ref = sqlite3.connect(":memory:")
-    try:
-        ref.executescript(SCHEMA)
-        expected = {t: _columns(ref, t) for t in TABLES}
-    finally:
-        ref.close()
-    for table, columns in expected.items():
-        found = _columns(con, table)
-        if found and found != columns:
-            con.execute(f"DROP TABLE {table}")
-    con.executescript(SCHEMA)
+    ensure_tables(con, SCHEMA, TABLES)
 
 
 @contextmanager

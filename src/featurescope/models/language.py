@@ -386,6 +386,18 @@ def _full_scores(input_ids: Tensor, logits: Sequence[Tensor], reference: int | N
     return out
 
 
+def pad_right(rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Token id rows as one right-padded batch: (ids [n, longest] padded with 0, attention mask of 1s and 0s).
+    Under causal attention a row's own positions never see its padding, and their position ids stay 0, 1, …"""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[j, :len(r)] = 1
+    return ids, mask
+
+
 def default_device() -> str:
     """cuda when available, else cpu."""
     return "cuda" if torch.cuda.is_available() else "cpu"

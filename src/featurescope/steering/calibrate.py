@@ -34,6 +34,7 @@ from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
 from featurescope.models import LanguageModel
+from featurescope.models.language import pad_right
 from featurescope.sae import SAE
 from featurescope.steering.generate import decode, generation_kwargs
 from featurescope.steering.hook import SteeringHook, attach, check_compatible
@@ -159,12 +160,7 @@ def firing_share(model: LanguageModel, sae: SAE, layer: int, prompts: tuple[str,
     tok: Any = model.tokenizer
     heads = [list(tok(p)["input_ids"]) for p in prompts]
     rows = [h + c for h, c in zip(heads, continuations, strict=True)]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = torch.tensor(r)
-        mask[j, :len(r)] = 1
+    ids, mask = pad_right(rows)
     acts = sae.encode(model.residual(ids, layer, attention_mask=mask))[..., feature]
     out = []
     for j, (h, c) in enumerate(zip(heads, continuations, strict=True)):

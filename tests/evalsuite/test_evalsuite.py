@@ -23,6 +23,12 @@ def languages():
     return D.language_id(LANGS, per_split=12)
 
 
+@pytest.fixture(scope="module")
+def planted(gemma, languages):
+    """An SAE whose feature 0 detects French (`_language_sae`), built once."""
+    return _language_sae(gemma, languages, 9, lang=1)
+
+
 def test_datasets_hold_out_documents_and_split_them(languages):
     assert languages.classes == list(LANGS)
     assert len(languages.train) == len(languages.test) == 12 * len(LANGS)
@@ -71,9 +77,8 @@ def _language_sae(model, languages, layer: int, lang: int, d_sae: int = 64) -> S
     return sae
 
 
-def test_sparse_probing_finds_a_planted_language_feature(gemma, languages):
+def test_sparse_probing_finds_a_planted_language_feature(gemma, languages, planted):
     layer = 9
-    planted = _language_sae(gemma, languages, layer, lang=1)  # French
     random = SAE.create(planted.cfg)
     random.load_state_dict(planted.state_dict())
     with torch.no_grad():  # feature 0 now a random direction, with the bias it had
@@ -101,9 +106,8 @@ def test_language_tokens_are_each_languages_own(gemma, languages):
     assert not set(own[0]) & set(own[1])  # en and fr share no "own" token
 
 
-def test_clamping_a_planted_language_feature_moves_the_next_token_toward_it(gemma, languages):
+def test_clamping_a_planted_language_feature_moves_the_next_token_toward_it(gemma, languages, planted):
     layer = 9
-    planted = _language_sae(gemma, languages, layer, lang=1)  # French
     train = pooled(gemma, planted, layer, [t for t, _ in languages.train])
     out = causal.causal_language(gemma, planted, layer, languages, train, controls=3)
     fr = next(d for d in out["eval_result_details"] if d["language"] == "fr")
@@ -111,3 +115,26 @@ def test_clamping_a_planted_language_feature_moves_the_next_token_toward_it(gemm
     assert fr["shift"] > max(fr["random_shifts"])  # more than any random feature clamped the same way
     metrics = out["eval_result_metrics"]["causal"]
     assert metrics["languages"] == len(LANGS) - 1 and metrics["languages_above_control"] >= 1
+
+
+def test_eval_suite_cli_writes_saebench_fields(gemma, planted, tmp_path, monkeypatch, capsys):
+    import json
+
+    from featurescope import cli, models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: gemma)
+    monkeypatch.setenv("COLUMNS", "200")
+    folder = planted.save(tmp_path / "sae")
+    out = tmp_path / "suite.json"
+    argv = ["eval", str(folder), "--suite", "--suite-texts", "4", "--suite-out", str(out), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    shown = capsys.readouterr().out
+    assert "top-1" in shown and "language shift" in shown and "explain DB --explainer URL" in shown
+    result = json.loads(out.read_text())["saes"][str(folder)]
+    probing = result["sparse_probing"]
+    assert set(probing["eval_result_metrics"]["sae"]) == {"sae_test_accuracy", "sae_top_1_test_accuracy",
+                                                          "sae_top_2_test_accuracy", "sae_top_5_test_accuracy"}
+    assert [d["dataset_name"] for d in probing["eval_result_details"]] == ["language_id", "code_vs_prose"]
+    assert result["causal_language"]["eval_result_metrics"]["causal"]["languages"] == len(D.LANGUAGES) - 1
+    assert cli.main([*argv[:3], "--suite-texts", "2"]) == 2
+    assert "--suite-texts must be at least 4" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def _print(results: dict[str, Any], out: str, as_json: bool) -> None:
 
     table = Table(title="offline suite: sparse probing test accuracy (held-out texts) and the causal language task")
     for title in ("SAE", *(t for _, t in COLUMNS), "language shift", "random shift"):
-        table.add_column(title, justify="left" if title == "SAE" else "right")
+        table.add_column(title, justify="left" if title == "SAE" else "right", overflow="fold")
     for path, r in results.items():
         sae = r["sparse_probing"]["eval_result_metrics"]["sae"]
         llm = r["sparse_probing"]["eval_result_metrics"]["llm"]
@@ -76,5 +76,5 @@ def _print(results: dict[str, Any], out: str, as_json: bool) -> None:
                       f"{causal['language_shift']:+.4f}", f"{causal['random_shift']:+.4f}")
     console = Console()
     console.print(table)
-    console.print(f"AutoInterp: {next(iter(results.values()))['autointerp']['skipped']}", highlight=False)
+    console.print(f"not run: {next(iter(results.values()))['autointerp']['skipped']}", highlight=False)
     console.print(f"wrote {out}", highlight=False)

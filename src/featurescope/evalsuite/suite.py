@@ -12,8 +12,8 @@ from featurescope.evalsuite.sparse_probing import KS, check_ks, encode_dataset, 
 from featurescope.models import LanguageModel
 from featurescope.sae import SAE
 
-AUTOINTERP_SKIPPED = ("AutoInterp needs an OpenAI-compatible endpoint (`featurescope explain --explainer URL` "
-                      "scores labels); the offline suite leaves it out")
+AUTOINTERP_SKIPPED = ("AutoInterp needs an explainer model behind an OpenAI-compatible endpoint; "
+                      "`featurescope explain DB --explainer URL` writes LLM labels with detection scores")
 
 
 @dataclass(frozen=True)

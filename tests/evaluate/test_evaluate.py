@@ -8,25 +8,12 @@ import torch
 from featurescope.activations import ActivationStore
 from featurescope.errors import FeaturescopeError
 from featurescope.evaluate import EvalConfig, ce_metrics, evaluate, reconstruction_metrics
-from featurescope.sae import SAE, SAEConfig
-
-
-def _exact_relu_sae(d: int, layer: int = 9) -> SAE:
-    """relu(x) − relu(−x) = x: a ReLU SAE with features ±e_i reconstructs perfectly."""
-    sae = SAE.create(SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", apply_b_dec_to_input=False,
-                               model="default", layer=layer))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.zero_()
-        sae.W_enc_rows.copy_(torch.cat([eye, -eye]))
-        sae.W_dec.copy_(torch.cat([eye, -eye]))
-        sae.input_scale.fill_(1 / 5000)
-    return sae
+from featurescope.sae import SAE
+from sae_helpers import exact_relu_sae
 
 
 def _zero_sae(d: int) -> SAE:
-    sae = _exact_relu_sae(d)
+    sae = exact_relu_sae(d)
     with torch.no_grad():
         sae.W_dec.zero_()
     return sae
@@ -35,7 +22,7 @@ def _zero_sae(d: int) -> SAE:
 def test_reconstruction_metrics_known_answers():
     torch.manual_seed(0)
     x = torch.randn(2000, 16) * 3000 + 500
-    exact = reconstruction_metrics(_exact_relu_sae(16), x)
+    exact = reconstruction_metrics(exact_relu_sae(16), x)
     assert exact.fvu == pytest.approx(0.0, abs=1e-10) and exact.mse == pytest.approx(0.0, abs=1e-6)
     assert exact.l0 == pytest.approx(16.0, abs=0.01)  # one of ±e_i fires per dimension
     assert exact.dead_fraction == 0.0
@@ -43,7 +30,7 @@ def test_reconstruction_metrics_known_answers():
     # x̂ = 0: FVU = Σ‖x‖² / Σ‖x − mean‖² > 1 because the mean is not zero (FVU is taken around the mean)
     expected = float((x.double() ** 2).sum() / ((x.double() - x.double().mean(0)) ** 2).sum())
     assert zero.fvu == pytest.approx(expected, rel=1e-6)
-    half = _exact_relu_sae(16)
+    half = exact_relu_sae(16)
     with torch.no_grad():
         half.b_enc[16:] = -1e9  # the negative half never fires
     assert reconstruction_metrics(half, x).dead_fraction == pytest.approx(0.5)
@@ -51,7 +38,7 @@ def test_reconstruction_metrics_known_answers():
 
 def test_ce_loss_recovered_is_one_for_exact_and_zero_for_zero_sae(gemma, small_store):
     ids = ActivationStore(small_store).read_shard(0).tokens.long()[:2]
-    exact = ce_metrics(gemma, _exact_relu_sae(640), 9, ids)
+    exact = ce_metrics(gemma, exact_relu_sae(640), 9, ids)
     assert exact.ce_spliced == pytest.approx(exact.ce_clean, rel=1e-4)
     assert exact.loss_recovered == pytest.approx(1.0, abs=1e-3)
     assert exact.ce_zero > exact.ce_clean + 1.0
@@ -70,16 +57,16 @@ def test_next_token_nll_matches_the_full_logits(gemma, small_store):
 
 
 def test_evaluate_on_store_and_mismatches(gemma, small_store, tmp_path):
-    sae_dir = _exact_relu_sae(640).save(tmp_path / "exact")
+    sae_dir = exact_relu_sae(640).save(tmp_path / "exact")
     result = evaluate(EvalConfig(sae=str(sae_dir), activations=str(small_store), ce_contexts=2), model=gemma,
                       progress=False)
     # held-out rows by default (bf16 store vs fp32 SAE)
     assert result.reconstruction.rows == ActivationStore(small_store).heldout_rows > 0
     assert result.split == "heldout" and result.reconstruction.fvu < 1e-4
     assert result.ce.loss_recovered == pytest.approx(1.0, abs=1e-3)
-    wrong_width = _exact_relu_sae(32).save(tmp_path / "w")
+    wrong_width = exact_relu_sae(32).save(tmp_path / "w")
     with pytest.raises(FeaturescopeError, match="d_model=640 but the SAE reads d_in=32"):
         evaluate(EvalConfig(sae=str(wrong_width), activations=str(small_store)), model=gemma)
-    wrong_layer = _exact_relu_sae(640, layer=4).save(tmp_path / "l")
+    wrong_layer = exact_relu_sae(640, layer=4).save(tmp_path / "l")
     with pytest.raises(FeaturescopeError, match="layer 9 but the SAE reads layer 4"):
         evaluate(EvalConfig(sae=str(wrong_layer), activations=str(small_store)), model=gemma)

@@ -8,7 +8,6 @@ import sqlite3
 
 import pytest
 import torch
-from test_evaluate import _exact_relu_sae
 
 from cli_helpers import run_main
 from featurescope.activations import ActivationStore
@@ -16,6 +15,7 @@ from featurescope.errors import FeaturescopeError
 from featurescope.evaluate import EvalConfig, compare_saes, evaluate, evaluate_many, pareto_front, write_comparison
 from featurescope.featuredb.compare import read_comparison, replace_comparison
 from featurescope.sae import SAE, SAEConfig
+from sae_helpers import exact_relu_sae
 
 FIGURES = ("fvu", "mse", "l0", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero", "loss_recovered", "kl",
            "ood_ce_clean", "ood_ce_spliced", "ood_ce_zero", "ood_loss_recovered", "ood_kl")
@@ -23,8 +23,8 @@ FIGURES = ("fvu", "mse", "l0", "dead_fraction", "ce_clean", "ce_spliced", "ce_ze
 
 def _saes(tmp_path) -> list[str]:
     """Three layer-9 SAEs of the default model: exact, exact with a noisy decoder, a random TopK one."""
-    exact = _exact_relu_sae(640)
-    noisy = _exact_relu_sae(640)
+    exact = exact_relu_sae(640)
+    noisy = exact_relu_sae(640)
     with torch.no_grad():
         noisy.W_dec.add_(0.002 * torch.randn(noisy.W_dec.shape, generator=torch.Generator().manual_seed(1)))
     topk = SAE.create(SAEConfig(d_in=640, d_sae=256, architecture="topk", k=8, model="default", layer=9), seed=3)
@@ -86,12 +86,12 @@ def test_pareto_front_on_a_constructed_example():
 
 
 def test_saes_reading_different_activations_are_one_clear_error(capsys, small_store, tmp_path):
-    wide, narrow = _exact_relu_sae(640).save(tmp_path / "wide"), _exact_relu_sae(32).save(tmp_path / "narrow")
+    wide, narrow = exact_relu_sae(640).save(tmp_path / "wide"), exact_relu_sae(32).save(tmp_path / "narrow")
     code, out, err = run_main(capsys, "-q", "eval", str(wide), str(narrow), "--activations", str(small_store))
     assert code == 2 and out == ""
     assert err.strip().splitlines() == ["featurescope: error: the SAEs do not read the same activations: wide has "
                                         "d_in=640 but narrow has d_in=32"]
-    other_layer = _exact_relu_sae(640, layer=4).save(tmp_path / "l4")
+    other_layer = exact_relu_sae(640, layer=4).save(tmp_path / "l4")
     code, _, err = run_main(capsys, "-q", "eval", str(tmp_path / "[wl]*"), "--activations", str(small_store))
     assert code == 2 and "l4 has layer=4 but wide has layer=9" in err and len(err.strip().splitlines()) == 1
     assert other_layer.is_dir()

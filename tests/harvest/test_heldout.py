@@ -20,7 +20,7 @@ from featurescope.evaluate import EvalConfig, evaluate
 from featurescope.harvest import HarvestConfig, harvest
 from featurescope.harvest.heldout import DocumentPart, is_heldout_context, is_heldout_document, split_contexts
 from featurescope.train import TrainConfig, train
-from test_evaluate import _exact_relu_sae
+from sae_helpers import exact_relu_sae
 
 FRACTION = 0.25
 TOKENS = 3000
@@ -97,7 +97,7 @@ def test_npy_holds_out_its_last_twentieth(tmp_path):
 
 
 def test_eval_defaults_to_heldout_and_labels_in_sample(split_store, gemma, tmp_path):
-    sae_dir = _exact_relu_sae(640).save(tmp_path / "exact")
+    sae_dir = exact_relu_sae(640).save(tmp_path / "exact")
     held = ActivationStore(split_store).heldout_rows
     r = evaluate(EvalConfig(sae=str(sae_dir), activations=str(split_store), ce_contexts=2, ood_contexts=1),
                  model=gemma, progress=False)
@@ -146,7 +146,7 @@ def test_version_1_store_is_read_and_eval_says_it_is_in_sample(split_store, gemm
     assert ActivationStore(old.path, "train").n_rows == TOKENS
     with pytest.raises(FeaturescopeError, match="no held-out part"):
         ActivationStore(old.path, "heldout")
-    sae_dir = _exact_relu_sae(640).save(tmp_path / "exact")
+    sae_dir = exact_relu_sae(640).save(tmp_path / "exact")
     done = run_cli("eval", str(sae_dir), "--activations", str(old.path), "--ce-contexts", "1", "--ood-corpus", "",
                    "--json", "-q")
     assert done.returncode == 0, done.stderr

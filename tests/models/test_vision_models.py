@@ -181,3 +181,23 @@ def test_layout_of_qwen_and_llava_sequences():
     assert family_layout("llava").canvas(Clip(), (600, 400)) == pytest.approx((100.0, 0.0, 500.0, 400.0))
     Clip.do_pad = True
     assert family_layout("llava").canvas(Clip(), (600, 400)) == pytest.approx((0.0, -100.0, 600.0, 500.0))
+
+
+def test_family_registry_owns_what_differs():
+    from featurescope.models.image_layout import family_layout
+
+    with pytest.raises(FeaturescopeError, match=r"^tiny: featurescope does not know the image-token layout of mllama "
+                       r"models \(supported: llava, gemma3, paligemma, idefics3, smolvlm, qwen2_vl, qwen2_5_vl\)$"):
+        family_layout("mllama", model="tiny")
+    qwen, gemma, llava, smol = (family_layout(f) for f in ("qwen2_5_vl", "gemma3", "llava", "smolvlm"))
+    assert qwen.placeholder("<|image_pad|>") == "<|vision_start|><|image_pad|><|vision_end|>"
+    assert gemma.placeholder("<img>") == "<img>"
+    assert qwen.nest(["a", "b"]) == ["a", "b"] and llava.nest(["a", "b"]) == [["a"], ["b"]]
+    assert dict(gemma.processor_kwargs) == {"do_pan_and_scan": False} and not llava.processor_kwargs
+
+    class Processor:
+        size, max_pixels = {"longest_edge": 1536, "height": 384, "width": 512}, None
+
+    assert smol.limit(Processor()).longest_edge == 1536 and qwen.limit(Processor()).max_pixels == 1536
+    assert gemma.limit(Processor()).input_size == (512, 384)
+    assert gemma.canvas(Processor(), (600, 400)) == (0.0, 0.0, 600.0, 400.0)

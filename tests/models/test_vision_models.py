@@ -165,19 +165,39 @@ def test_text_only_models_refuse_images(tmp_path):
 
 
 def test_layout_of_qwen_and_llava_sequences():
-    from featurescope.models.image_layout import canvas, locate
+    from featurescope.models.image_layout import family_layout
 
     ids = torch.tensor([1, 9, 9, 9, 9, 9, 9, 2, 9, 9, 9, 9])
-    q = locate("qwen2_vl", ids, 9, image_grid_thw=torch.tensor([[1, 4, 6], [1, 4, 4]]), merge_size=2)
+    q = family_layout("qwen2_vl").locate(ids, 9, image_grid_thw=torch.tensor([[1, 4, 6], [1, 4, 4]]), merge_size=2)
     assert [p.grid for p in q] == [(2, 3), (2, 2)] and q[0].row.tolist() == [0, 0, 0, 1, 1, 1]
     assert q[1].positions.tolist() == [8, 9, 10, 11] and q[1].col.tolist() == [0, 1, 0, 1]
     with pytest.raises(FeaturescopeError, match="not a square"):
-        locate("llava", ids[:7], 9)
+        family_layout("llava").locate(ids[:7], 9)
 
     class Clip:  # LLaVA-1.5's CLIP settings: shortest edge 336, centre crop 336
         do_resize, size, do_center_crop, crop_size, do_pad = True, {"shortest_edge": 336}, True, \
             {"height": 336, "width": 336}, False
 
-    assert canvas("llava", Clip(), (600, 400)) == pytest.approx((100.0, 0.0, 500.0, 400.0))
+    assert family_layout("llava").canvas(Clip(), (600, 400)) == pytest.approx((100.0, 0.0, 500.0, 400.0))
     Clip.do_pad = True
-    assert canvas("llava", Clip(), (600, 400)) == pytest.approx((0.0, -100.0, 600.0, 500.0))
+    assert family_layout("llava").canvas(Clip(), (600, 400)) == pytest.approx((0.0, -100.0, 600.0, 500.0))
+
+
+def test_family_registry_owns_what_differs():
+    from featurescope.models.image_layout import family_layout
+
+    with pytest.raises(FeaturescopeError, match=r"^tiny: featurescope does not know the image-token layout of mllama "
+                       r"models \(supported: llava, gemma3, paligemma, idefics3, smolvlm, qwen2_vl, qwen2_5_vl\)$"):
+        family_layout("mllama", model="tiny")
+    qwen, gemma, llava, smol = (family_layout(f) for f in ("qwen2_5_vl", "gemma3", "llava", "smolvlm"))
+    assert qwen.placeholder("<|image_pad|>") == "<|vision_start|><|image_pad|><|vision_end|>"
+    assert gemma.placeholder("<img>") == "<img>"
+    assert qwen.nest(["a", "b"]) == ["a", "b"] and llava.nest(["a", "b"]) == [["a"], ["b"]]
+    assert dict(gemma.processor_kwargs) == {"do_pan_and_scan": False} and not llava.processor_kwargs
+
+    class Processor:
+        size, max_pixels = {"longest_edge": 1536, "height": 384, "width": 512}, None
+
+    assert smol.limit(Processor()).longest_edge == 1536 and qwen.limit(Processor()).max_pixels == 1536
+    assert gemma.limit(Processor()).input_size == (512, 384)
+    assert gemma.canvas(Processor(), (600, 400)) == (0.0, 0.0, 600.0, 400.0)

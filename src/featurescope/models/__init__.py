@@ -2,7 +2,8 @@
 
 - `load`: `load_model(name)`, by built-in name, local folder, .gguf file or hub id (a VLM folder loads as one).
 - `language`: `LanguageModel`, the wrapper every stage uses (`residual`, `splice`, `capture`).
-- `vision`: `VisionLanguageModel`, the same interface plus images; `image_layout`: where its patches sit.
+- `vision`: `VisionLanguageModel`, the same interface plus images; `image_layout`: each VLM family's layout
+  (where its patches sit, its processor's inputs).
 - `cache`: the built-in models and the GGUF → safetensors cache.
 """
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from featurescope.errors import FeaturescopeError
 from featurescope.models.cache import BUILTIN_MODELS
-from featurescope.models.image_layout import FAMILIES, QWEN, TILED, ImagePatches, canvas, locate, runs
+from featurescope.models.image_layout import ImagePatches, Limit, family_layout, runs
 from featurescope.models.language import LanguageModel, default_device, resolve_dtype
 
 if TYPE_CHECKING:
@@ -49,29 +49,6 @@ def is_vision_language(folder: str | Path) -> bool:
         return False
 
 
-class Limit(NamedTuple):
-    """The largest image a processor uses as it is (None: no such bound).
-
-    `longest_edge` and `max_pixels` bound the image; `input_size` (w, h) is a fixed input that every image is
-    resized to: a larger image is only downscaled as far as both sides stay at least that size.
-    """
-
-    longest_edge: int | None = None
-    max_pixels: int | None = None
-    input_size: tuple[int, int] | None = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.longest_edge:
-            parts.append(f"{self.longest_edge} px longest edge")
-        if self.max_pixels:
-            parts.append(f"{self.max_pixels:,} pixels")
-        if self.input_size:
-            parts.append(f"{self.input_size[0]}×{self.input_size[1]} px input")
-        return " and ".join(parts) or "none"
-
-
-
 class VisionLanguageModel(LanguageModel):
     """A VLM: its language model's blocks as a `LanguageModel`, plus the processor that turns images into tokens.
 
@@ -85,9 +62,7 @@ class VisionLanguageModel(LanguageModel):
         self.processor = processor
         cfg = hf_model.config
         self.vision_family = str(cfg.model_type)
-        if self.vision_family not in FAMILIES:
-            raise FeaturescopeError(f"{name}: featurescope does not know the image-token layout of "
-                                    f"{self.vision_family} models (supported: {', '.join(FAMILIES)})")
+        self.layout = family_layout(self.vision_family, model=name)
         token = next((v for a in ("image_token_id", "image_token_index") if isinstance(v := getattr(cfg, a, None),
                                                                                        int)), None)
         if token is None:
@@ -117,24 +92,11 @@ class VisionLanguageModel(LanguageModel):
     @property
     def limit(self) -> Limit:
         """The largest image the processor uses as it is (larger ones are downscaled first, and reported)."""
-        ip = self.processor.image_processor
-        size = getattr(ip, "size", None) or {}
-        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-        if self.vision_family in TILED:
-            return Limit(longest_edge=get("longest_edge"))
-        if self.vision_family in QWEN:
-            return Limit(max_pixels=getattr(ip, "max_pixels", None) or get("longest_edge"))
-        width, height, shortest = get("width"), get("height"), get("shortest_edge")
-        if height and width:
-            return Limit(input_size=(int(width), int(height)))
-        if shortest:
-            return Limit(input_size=(int(shortest), int(shortest)))
-        return Limit()
+        return self.layout.limit(self.processor.image_processor)
 
     def placeholder(self) -> str:
         """The text that stands for one image in a raw prompt."""
-        token = self.processor.image_token
-        return f"<|vision_start|>{token}<|vision_end|>" if self.vision_family in QWEN else token
+        return self.layout.placeholder(self.processor.image_token)
 
     def prompt(self, text: str, *, chat: bool, generation: bool = False) -> str:
         """A prompt of one image then `text`: raw, or one user turn in the processor's chat template."""
@@ -165,12 +127,11 @@ class VisionLanguageModel(LanguageModel):
     # -- inputs --------------------------------------------------------------------------------
     def prepare(self, images: list[Any], prompts: list[str], *, chat: bool) -> dict[str, Tensor]:
         """Processor outputs (padded on the right) for one image per prompt, on the model's device."""
-        nested = list(images) if self.vision_family in QWEN else [[im] for im in images]
-        kwargs: dict[str, Any] = {"padding": True, "padding_side": "right", "return_tensors": "pt"}
+        nested = self.layout.nest(images)
+        kwargs: dict[str, Any] = {"padding": True, "padding_side": "right", "return_tensors": "pt",
+                                  **self.layout.processor_kwargs}
         if chat:
             kwargs["add_special_tokens"] = False
-        if self.vision_family == "gemma3":
-            kwargs["do_pan_and_scan"] = False
         try:
             batch = self.processor(images=nested, text=prompts, **kwargs)
         except (ValueError, TypeError) as e:
@@ -191,12 +152,12 @@ class VisionLanguageModel(LanguageModel):
             before = sum(len(runs(inputs["input_ids"][j].cpu(), self.image_token_id)) for j in range(index))
             grid = grid.cpu()[before:before + len(runs(ids, self.image_token_id))]
         merge = int(getattr(self.processor.image_processor, "merge_size", 2) or 2)
-        return locate(self.vision_family, ids, self.image_token_id, tokenizer=self.tokenizer, image_grid_thw=grid,
-                      merge_size=merge)
+        return self.layout.locate(ids, self.image_token_id, tokenizer=self.tokenizer, image_grid_thw=grid,
+                                  merge_size=merge)
 
     def canvas(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
         """The box of an image of `size` (w, h) that its patch grid (view 0) covers."""
-        return canvas(self.vision_family, self.processor.image_processor, size)
+        return self.layout.canvas(self.processor.image_processor, size)
 
     # -- forward passes ------------------------------------------------------------------------
     @torch.inference_mode()

@@ -81,14 +81,14 @@ def test_sparse_probing_finds_a_planted_language_feature(gemma, languages, plant
     layer = 9
     random = SAE.create(planted.cfg)
     random.load_state_dict(planted.state_dict())
-    with torch.no_grad():  # feature 0 now a random direction, with the bias it had
-        random.W_enc_rows[0] = torch.nn.functional.normalize(torch.randn(gemma.d_model), dim=0)
+    with torch.no_grad():  # feature 0 becomes a copy of feature 1, a random direction: no French feature left
+        random.W_enc_rows[0] = planted.W_enc_rows[1]
+        random.b_enc[0] = planted.b_enc[1]
     good = sparse_probing(gemma, planted, layer, [languages], ks=(1, 2))
     bad = sparse_probing(gemma, random, layer, [languages], ks=(1, 2))
     fr = good["eval_result_details"][0]["classes"]["fr"]
     assert fr["top_features"][0] == 0 and fr["sae_top_1_test_accuracy"] >= 0.8  # measured: 0.83 (24 texts)
     chance = bad["eval_result_details"][0]["classes"]["fr"]
-    assert 0 not in chance["top_features"][:1]
     assert chance["sae_top_1_test_accuracy"] <= fr["sae_top_1_test_accuracy"] - 0.1  # measured: 0.71
     metrics = good["eval_result_metrics"]
     assert set(metrics["sae"]) == {"sae_test_accuracy", "sae_top_1_test_accuracy", "sae_top_2_test_accuracy"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -27,6 +28,16 @@ def test_help_lists_every_stage():
     train_help = run_cli("train", "--help").stdout
     for flag in ("--activations", "--arch", "--k", "--features", "--batch-size", "--epochs", "--lr", "--seed"):
         assert flag in train_help
+
+
+def test_every_option_shows_one_readable_default():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines; compare the words
+        assert "(default: )" not in text, name
+        for action in sub._actions:
+            assert (action.help or "").count("(default:") <= 1, (name, action.dest, action.help)
 
 
 def test_library_notices_are_plain_stderr_lines_while_a_command_runs(capsys):

@@ -46,9 +46,19 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
             parser.add_argument(flag, dest=f.name, type=kind, required=True, choices=choices,
                                 help=f"{help_text} (required)", metavar=f.metadata.get("metavar"))
             continue
-        shown = "auto" if default is None and optional else default
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
-                            help=f"{help_text} (default: {shown})", metavar=f.metadata.get("metavar"))
+                            help=_with_default(help_text, default, optional), metavar=f.metadata.get("metavar"))
+
+
+def _with_default(help_text: str, default: Any, optional: bool) -> str:
+    """`help_text` plus its default, unless the text already says it or there is none to show."""
+    if "(default" in help_text:
+        return help_text
+    if default is None and optional:
+        return f"{help_text} (default: auto)"
+    if default == "":
+        return f"{help_text} (default: none)"
+    return f"{help_text} (default: {default})"
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:

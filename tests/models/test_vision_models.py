@@ -201,3 +201,21 @@ def test_family_registry_owns_what_differs():
     assert smol.limit(Processor()).longest_edge == 1536 and qwen.limit(Processor()).max_pixels == 1536
     assert gemma.limit(Processor()).input_size == (512, 384)
     assert gemma.canvas(Processor(), (600, 400)) == (0.0, 0.0, 600.0, 400.0)
+
+    class Vocab:  # the two lookups the tiled layout makes
+        tokens = ("<pad>", "<global-img>", "<row_1_col_1>", "<image>", "hello")
+
+        def convert_tokens_to_ids(self, token):
+            return self.tokens.index(token)
+
+        def convert_ids_to_tokens(self, i):
+            return self.tokens[i]
+
+    image = 3
+    with pytest.raises(FeaturescopeError, match=r"^smolvlm: a run of image tokens at position 1 follows 'hello'"):
+        smol.locate(torch.tensor([4, image, image, image, image]), image, tokenizer=Vocab())
+    with pytest.raises(FeaturescopeError, match=r"^smolvlm: image tiles without their global image"):
+        smol.locate(torch.tensor([2, image, image, image, image]), image, tokenizer=Vocab())
+    (patches,) = smol.locate(torch.tensor([2, image, image, image, image, 1, image, image, image, image]), image,
+                             tokenizer=Vocab())
+    assert patches.grid == (2, 2) and patches.view.tolist() == [0] * 4 + [1] * 4

@@ -72,7 +72,7 @@ def _grid(start: int, rows: int, cols: int) -> ImagePatches:
     return ImagePatches(start + k, torch.zeros(rows * cols, dtype=torch.long), k // cols, k % cols, (rows, cols))
 
 
-def _tiled(ids: Tensor, token: int, tokenizer: Any) -> list[ImagePatches]:
+def _tiled(ids: Tensor, token: int, tokenizer: Any, family: str) -> list[ImagePatches]:
     """Idefics3 / SmolVLM: tile runs after `<row_i_col_j>`, then the global run after `<global-img>`."""
     global_id = tokenizer.convert_tokens_to_ids("<global-img>")
     out: list[ImagePatches] = []
@@ -80,13 +80,13 @@ def _tiled(ids: Tensor, token: int, tokenizer: Any) -> list[ImagePatches]:
     for start, n in runs(ids, token):
         marker = int(ids[start - 1]) if start > 0 else -1
         if marker == global_id:
-            glob = _square(start, n, "idefics3")
+            glob = _square(start, n, family)
             if not tiles:
                 out.append(glob)
                 continue
             m = math.isqrt(tiles[0][1])
             n_rows, n_cols = max(t[2] for t in tiles) + 1, max(t[3] for t in tiles) + 1
-            parts = [_square(s, length, "idefics3") for s, length, _, _ in tiles]
+            parts = [_square(s, length, family) for s, length, _, _ in tiles]
             pos = torch.cat([p.positions for p in parts] + [glob.positions])
             row = torch.cat([p.row + tr * m for p, (_, _, tr, _) in zip(parts, tiles, strict=True)] + [glob.row])
             col = torch.cat([p.col + tc * m for p, (_, _, _, tc) in zip(parts, tiles, strict=True)] + [glob.col])
@@ -96,12 +96,12 @@ def _tiled(ids: Tensor, token: int, tokenizer: Any) -> list[ImagePatches]:
             continue
         name = tokenizer.convert_ids_to_tokens(marker) if marker >= 0 else ""
         if not (isinstance(name, str) and name.startswith("<row_") and "_col_" in name):
-            raise FeaturescopeError(f"idefics3: a run of image tokens at position {start} follows {name!r}, not a "
+            raise FeaturescopeError(f"{family}: a run of image tokens at position {start} follows {name!r}, not a "
                                     "tile or global-image marker")
         r, c = name[len("<row_"):-1].split("_col_")
         tiles.append((start, n, int(r) - 1, int(c) - 1))
     if tiles:
-        raise FeaturescopeError("idefics3: image tiles without their global image (the sequence was cut short?)")
+        raise FeaturescopeError(f"{family}: image tiles without their global image (the sequence was cut short?)")
     return out
 
 
@@ -227,7 +227,7 @@ class Tiled(FamilyLayout):
 
     def locate(self, ids: Tensor, image_token: int, *, tokenizer: Any = None, image_grid_thw: Tensor | None = None,
                merge_size: int = 2) -> list[ImagePatches]:
-        return _tiled(ids, image_token, tokenizer)
+        return _tiled(ids, image_token, tokenizer, self.name)
 
     def limit(self, image_processor: Any) -> Limit:
         return Limit(longest_edge=_setting(image_processor, "longest_edge"))

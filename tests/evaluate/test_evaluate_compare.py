@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 
 import pytest
 import torch
@@ -113,7 +114,9 @@ def test_compare_writes_the_json_and_a_self_contained_page_and_fills_the_tables(
     page = (out / "pareto.html").read_text()
     assert "<script src=" not in page and "Plotly" in page and len(page) > 1_000_000  # plotly.js inlined
     assert page.count("<tr>") == 4
-    assert (out / "pareto.png").is_file() or "matplotlib is not installed" in written.skipped_png
+    png = (out / "pareto.png").read_bytes()  # matplotlib is a dependency: the PNG is always written
+    assert written.skipped_png == "" and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (1440, 600)  # 12 × 5 inches at 120 dpi: both panels
     (out / "stranger.txt").write_text("x")
     with pytest.raises(FeaturescopeError, match="holds other files"):
         write_comparison(c, out)

@@ -1,6 +1,6 @@
 """The outputs of an SAE comparison: compare.json, pareto.html (the table and the two Pareto plots in one
-self-contained page: plotly.js is inlined, nothing is fetched) and pareto.png (only where matplotlib is installed;
-it is not a dependency)."""
+self-contained page: plotly.js is inlined, nothing is fetched) and pareto.png (matplotlib, a
+dependency; an install without it skips the PNG and says so)."""
 
 from __future__ import annotations
 

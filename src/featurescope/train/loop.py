@@ -87,7 +87,7 @@ def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
     )
 
 
-def _record(cfg: TrainConfig, source: ActivationSource, p: Plan) -> dict[str, Any]:
+def record_settings(cfg: TrainConfig, source: ActivationSource, p: Plan) -> dict[str, Any]:
     """The configuration as compared between reruns: resolved defaults, no volatile fields, the data's shape."""
     rec = settings(cfg, VOLATILE)
     if rec["activations"]:
@@ -98,7 +98,7 @@ def _record(cfg: TrainConfig, source: ActivationSource, p: Plan) -> dict[str, An
     return rec
 
 
-def _check_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
+def check_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
     """OUT, if this run may write there: no clashing run and no foreign files (reads only)."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -121,9 +121,9 @@ def _check_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
     return out
 
 
-def _prepare_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
-    """`_check_out`, then clear a run that `--overwrite` discards and record this run's configuration."""
-    out = _check_out(cfg, record)
+def prepare_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
+    """`check_out`, then clear a run that `--overwrite` discards and record this run's configuration."""
+    out = check_out(cfg, record)
     if cfg.overwrite and out.is_dir():
         for name in OWNED:
             (out / name).unlink(missing_ok=True)
@@ -137,7 +137,7 @@ def _prepare_out(cfg: TrainConfig, record: dict[str, Any]) -> Path:
     return out
 
 
-class _Meter:
+class Meter:
     """Running sums of the logged quantities since the last display."""
 
     def __init__(self) -> None:
@@ -158,7 +158,7 @@ class _Meter:
         return out
 
 
-class _Run:
+class Run:
     """The mutable state of one training run and its step."""
 
     def __init__(self, cfg: TrainConfig, source: ActivationSource, out: Path, record: dict[str, Any],
@@ -208,7 +208,7 @@ class _Run:
         self.do_resample = cfg.resample and arch.resamples_dead
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.autocast and self.device.type == "cuda")
-        self.meter = _Meter()
+        self.meter = Meter()
 
     def save_checkpoint(self, seconds: float) -> None:
         info = {"step": self.step, "tokens": self.tokens, "seconds": seconds, "total_steps": self.total_steps,
@@ -333,45 +333,56 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
     if spawn and source is not None:
         raise FeaturescopeError("`distributed` starts new processes: give `activations` (a path), not a source",
                                 settings=("distributed", "activations"))
+    source = training_source(cfg, source)
+    p = plan(cfg, source)
+    record = record_settings(cfg, source, p)
+    if spawn:  # the ranks would all fail on what can be checked here
+        check_ranks(cfg, p.features, cfg.distributed)
+        pick_device(cfg.device)
+        check_out(cfg, record)
+        return _spawned(cfg, progress)
+    lay = _layout(cfg, p.features)
+    try:
+        lay.on_main(functools.partial(prepare_out, cfg, record))
+        lay.barrier()
+        run = Run(cfg, source, Path(cfg.out), record, p, lay)
+        finished_before = run.resumed and run.step >= run.total_steps
+        result = finish(run, run.elapsed if finished_before else run.run(progress))
+    finally:
+        lay.close()
+    return result
+
+
+def training_source(cfg: TrainConfig, source: ActivationSource | None) -> ActivationSource:
+    """The rows `cfg` trains on: `source`, else the training split of `cfg.activations`; `max_rows` applied."""
     if source is None:
         source = open_source(cfg.activations, split="train")  # never the held-out rows `eval` measures on
     if cfg.max_rows is not None:
         source = HeadSource(source, cfg.max_rows)
     if source.n_rows == 0 or source.d_model == 0:
         raise FeaturescopeError("the activation source is empty")
-    p = plan(cfg, source)
-    record = _record(cfg, source, p)
-    if spawn:  # the ranks would all fail on what can be checked here
-        check_ranks(cfg, p.features, cfg.distributed)
-        pick_device(cfg.device)
-        _check_out(cfg, record)
-        return _spawned(cfg, progress)
-    lay = _layout(cfg, p.features)
-    try:
-        lay.on_main(functools.partial(_prepare_out, cfg, record))
-        lay.barrier()
-        out = Path(cfg.out)
-        run = _Run(cfg, source, out, record, p, lay)
-        finished_before = run.resumed and run.step >= run.total_steps
-        seconds = run.elapsed if finished_before else run.run(progress)
-        sae = run.sae.eval()
-        metrics = lay.evaluate(sae, source, cfg.seed + 1)
-        metrics["dead_fraction"] = run.dead_fraction()
-        window = min(run.dead_tokens, run.tokens)
-        measured_on = {
-            "fvu": f"a sample of up to {EVAL_ROWS} training rows (in-sample; `featurescope eval` measures held out)",
-            "dead_fraction": f"features that did not fire over the last {window} training tokens (the dead window)",
-        }
-        lay.save_sae(sae, out, run.sae_cfg)
-        if lay.is_main:
-            write_json(out / SUMMARY_FILE, {
-                "format": "featurescope.training-summary", "version": 1, "steps": run.step, "tokens": run.tokens,
-                "seconds": seconds, "tokens_per_second": run.tokens / seconds if seconds > 0 else None,
-                "metrics": metrics, "measured_on": measured_on, "input_scale": float(sae.input_scale), "lr": run.lr,
-                "dead_tokens": run.dead_tokens, "config": record, "sae": run.sae_cfg.to_json(),
-                "world_size": lay.size, "layout": type(lay).__name__,
-            })
-        lay.barrier()
-    finally:
-        lay.close()
+    return source
+
+
+def finish(run: Run, seconds: float) -> TrainResult:
+    """Evaluate the trained `run`, write its SAE and `training_summary.json` (`seconds`: its training time)."""
+    cfg, lay, source, out = run.cfg, run.layout, run.source, run.out
+    sae = run.sae.eval()
+    metrics = lay.evaluate(sae, source, cfg.seed + 1)
+    metrics["dead_fraction"] = run.dead_fraction()
+    window = min(run.dead_tokens, run.tokens)
+    measured_on = {
+        "fvu": f"a sample of up to {EVAL_ROWS} training rows (in-sample; `featurescope eval` measures held out)",
+        "dead_fraction": f"features that did not fire over the last {window} training tokens (the dead window)",
+    }
+    lay.save_sae(sae, out, run.sae_cfg)
+    if lay.is_main:
+        write_json(out / SUMMARY_FILE, {
+            "format": "featurescope.training-summary", "version": 1, "steps": run.step, "tokens": run.tokens,
+            "seconds": seconds, "tokens_per_second": run.tokens / seconds if seconds > 0 else None,
+            "metrics": metrics, "measured_on": measured_on, "input_scale": float(sae.input_scale), "lr": run.lr,
+            "dead_tokens": run.dead_tokens, "config": run.record, "sae": run.sae_cfg.to_json(),
+            "world_size": lay.size, "layout": type(lay).__name__,
+        })
+    lay.barrier()
     return TrainResult(out, sae, run.step, seconds, metrics)

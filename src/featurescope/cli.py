@@ -49,8 +49,11 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from featurescope.commands import train_family
     from featurescope.train import TrainConfig, train
 
+    if train_family.is_family(args):
+        return train_family.run(args, _main_rank())
     cfg = dataclass_from_args(TrainConfig, args)
     result = train(cfg, progress=not args.quiet)
     metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
@@ -256,8 +259,11 @@ def _register_core(sub: Any) -> None:
 
     add_dataclass_args(add_command(sub, "harvest", "run a model over a corpus and store its residual stream at one "
                                    "layer", _cmd_harvest), HarvestConfig)
-    add_dataclass_args(add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]",
-                                   _cmd_train), TrainConfig)
+    p = add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]", _cmd_train)
+    add_dataclass_args(p, TrainConfig)
+    from featurescope.commands.train_family import add_family_flags
+
+    add_family_flags(p)
     p = add_command(sub, "eval", "FVU, L0, dead features, CE loss recovered and KL of an SAE, or of several side by "
                     "side (a table, Pareto plots)", _cmd_eval)
     p.add_argument("sae", nargs="+", metavar="SAE", help="SAE folder (ours, SAELens or sparsify); several, or a glob "

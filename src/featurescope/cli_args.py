@@ -22,6 +22,21 @@ def _base_type(tp: Any) -> tuple[type, bool]:
     return tp, False
 
 
+def comma_list(kind: type) -> Any:
+    """An argparse type: one `kind` value, or a list of them from "a,b,c" (a field with `many` metadata)."""
+
+    def parse(text: str) -> Any:
+        try:
+            values = [kind(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected one {kind.__name__} value or several, comma-separated "
+                                             f"(such as 16,32,64), got {text!r}") from None
+        return values[0] if len(values) == 1 else values
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = (),
                        skip: tuple[str, ...] = ()) -> None:
     """Add one option per field of dataclass `cls`; fields named in `positional` become positional args."""
@@ -41,13 +56,16 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
             continue
-        kind = str if tp not in (int, float, str) else tp
+        kind: Any = str if tp not in (int, float, str) else tp
+        metavar = f.metadata.get("metavar")
+        if f.metadata.get("many"):
+            kind, metavar = comma_list(kind), metavar or f"{f.name.upper()}[,...]"
         if f.metadata.get("required"):
             parser.add_argument(flag, dest=f.name, type=kind, required=True, choices=choices,
-                                help=f"{help_text} (required)", metavar=f.metadata.get("metavar"))
+                                help=f"{help_text} (required)", metavar=metavar)
             continue
         parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
-                            help=_with_default(help_text, default, optional), metavar=f.metadata.get("metavar"))
+                            help=_with_default(help_text, default, optional), metavar=metavar)
 
 
 def _with_default(help_text: str, default: Any, optional: bool) -> str:

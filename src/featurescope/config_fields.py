@@ -7,5 +7,6 @@ from typing import Any
 
 
 def option(default: Any, help_text: str, **meta: Any) -> Any:
-    """A dataclass field with a default and its help text (extra metadata: `choices`, `metavar`, `required`)."""
+    """A dataclass field with a default and its help text (extra metadata: `choices`, `metavar`, `required`,
+    `many`: the flag also takes a comma-separated list)."""
     return dataclasses.field(default=default, metadata={"help": help_text, **meta})

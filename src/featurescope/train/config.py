@@ -10,6 +10,8 @@ from typing import NamedTuple
 from featurescope.config_fields import option
 from featurescope.sae import ARCHITECTURES
 
+_MANY = "; several, comma-separated, train a family in one pass (docs/training.md)"
+
 
 @dataclass
 class TrainConfig:
@@ -18,14 +20,15 @@ class TrainConfig:
     activations: str = option("", "activation store folder or .npy file [N, d] (required)")
     out: str = option("", "output folder for the SAE, its checkpoints and training summary (required)")
     arch: str = option("topk", "SAE architecture", choices=ARCHITECTURES)
-    features: int | None = option(None, "number of SAE features (default 8 × d_in)")
-    k: int | None = option(None, "topk/batchtopk: active features per token (default 32, at most features/4)")
+    features: int | None = option(None, "number of SAE features (default 8 × d_in)" + _MANY, many=True)
+    k: int | None = option(None, "topk/batchtopk: active features per token (default 32, at most features/4)"
+                           + _MANY, many=True)
     batch_size: int = option(4096, "activation rows per optimiser step")
     epochs: int = option(1, "passes over the activations")
     lr: float | None = option(None, "Adam learning rate (default: relu 3e-3; others 2.8e-3·√(16384/features), "
-                                  "at most 8e-3)")
+                                  "at most 8e-3)" + _MANY, many=True)
     sparsity_coefficient: float | None = option(None, "λ: relu's L1·‖W_dec‖ coefficient (default 5), "
-                                                    "jumprelu's L0 coefficient (default 1)")
+                                                    "jumprelu's L0 coefficient (default 1)" + _MANY, many=True)
     warmup: float = option(0.05, "relu/jumprelu: fraction of training over which λ rises from 0")
     lr_decay: float = option(0.2, "final fraction of training over which the lr decays linearly to 0")
     auxk_coefficient: float = option(1 / 32, "topk/batchtopk: weight of the AuxK loss (0 = off)")

@@ -52,7 +52,7 @@ SHARED = frozenset({"activations", "out", "batch_size", "epochs", "seed", "max_r
 """Settings every member shares: what fixes the batches (data, batch size, epochs, seed) and the volatile ones."""
 SHORT = {"arch": "", "k": "k", "features": "f"}
 """A member's name joins `SHORT.get(field, field) + value` over the settings that vary (these first)."""
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
 class Member(NamedTuple):

@@ -45,15 +45,23 @@ def test_each_layer_is_the_one_layer_harvest(stores):
     for layer in LAYERS:
         _same(stores / f"one-{layer}", multi / f"layer-{layer}")
         assert open_source(multi, "heldout", layer).layer == layer  # the held-out split, per layer
-    one = stores / "one-2"
-    assert sorted(p.name for p in one.iterdir())[0] == "manifest.json"  # one layer: the store itself
+    one = stores / "one-2"  # one layer: the store itself, its setting an int as before
+    assert (one / "manifest.json").is_file() and not any(p.is_dir() or p.name == "layers.json" for p in one.iterdir())
     assert json.loads((one / "manifest.json").read_text())["config"]["layer"] == 2
+    assert HarvestConfig(out="x", layer="9").layer == 9 and HarvestConfig(out="x", layer="9,3,9").layer == "3,9"
+    with pytest.raises(FeaturescopeError, match="several such as 3,9,15"):
+        HarvestConfig(out="x", layer="3;9")
 
 
-def test_a_missing_layer_is_one_clear_error(stores, gemma):
-    with pytest.raises(FeaturescopeError, match=r"no layer 7 \(harvested layers: 2, 5; choose one with `layer`") as e:
-        open_source(stores / "multi", layer=7)
-    assert flag_wording(e.value).count("\n") == 0
+def test_a_missing_layer_is_one_clear_error(stores, gemma, capsys, tmp_path):
+    from featurescope.cli import main
+
+    assert main(["train", "--activations", str(stores / "multi"), "--out", str(tmp_path / "s"), "--layer", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("no layer 7 (harvested layers: 2, 5; choose one with --layer)\n")
+    assert main(["info", str(stores / "multi")]) == 0
+    info = json.loads(capsys.readouterr().out)["layers"]
+    assert [(k, v["layer"], v["n_rows"]) for k, v in info.items()] == [("2", 2, 100), ("5", 5, 100)]
     with pytest.raises(FeaturescopeError, match="a harvest of layers 2, 5; choose one with `layer`"):
         open_source(stores / "multi")
     with pytest.raises(FeaturescopeError, match="holds layer 2, not layer 5"):

@@ -33,12 +33,20 @@ MANIFEST = "manifest.json"
 SPLITS = ("all", "train", "heldout")
 NPY_HELDOUT_DIVISOR = 20
 """A .npy of N rows holds out its last ⌊N / 20⌋ rows (5 %)."""
+LAYERS_INDEX = "layers.json"
+"""The index of a multi-layer harvest: one store per layer, in `layer-L/` (`layer_folder`)."""
+LAYERS_FORMAT = "featurescope.activation-layers"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def shard_name(index: int) -> str:
     """File name of shard `index` in a store."""
     return f"shard-{index:05d}.safetensors"
+
+
+def layer_folder(layer: int) -> str:
+    """Folder of layer `layer`'s store in a multi-layer harvest."""
+    return f"layer-{layer}"
 
 
 class ShardData(NamedTuple):
@@ -333,13 +341,51 @@ class ActivationStore(ActivationSource):
         return acts
 
 
-def open_source(path: str | Path, split: str = "all") -> ActivationSource:
-    """An activation store folder or a .npy file of shape [N, d], reading rows of `split`."""
+def harvested_layers(path: str | Path) -> list[int] | None:
+    """The layers of the multi-layer harvest in folder `path` (its `layers.json`), or None if it is not one."""
+    f = Path(path) / LAYERS_INDEX
+    if not f.is_file():
+        return None
+    index = read_json(f)
+    if not isinstance(index, dict) or index.get("format") != LAYERS_FORMAT:
+        raise FeaturescopeError(f"{f}: not the index of a multi-layer harvest")
+    return [int(layer) for layer in index["layers"]]
+
+
+def store_path(path: str | Path, layer: int | None = None, *, default: int | None = None) -> Path:
+    """The store folder of `layer` in `path`: `path` itself unless it is a multi-layer harvest, whose store
+    `layer-L/` is chosen by `layer` (else by `default`, such as the SAE's layer). An error names the layers
+    there when `layer` is not one of them."""
     path = Path(path)
+    layers = harvested_layers(path) if path.is_dir() else None
+    if layers is None:
+        return path
+    pick = layer if layer is not None else default
+    listed = ", ".join(map(str, layers))
+    if pick is None:
+        raise FeaturescopeError(f"{path}: a harvest of layers {listed}; choose one with `layer`", settings=("layer",))
+    if pick not in layers:
+        raise FeaturescopeError(f"{path}: no layer {pick} (harvested layers: {listed}; choose one with `layer`)",
+                                settings=("layer",))
+    return path / layer_folder(pick)
+
+
+def open_source(path: str | Path, split: str = "all", layer: int | None = None, *,
+                default_layer: int | None = None) -> ActivationSource:
+    """An activation store folder or a .npy file of shape [N, d], reading rows of `split`.
+
+    In a multi-layer harvest `layer` (else `default_layer`) picks the store (`store_path`); a one-layer store
+    must hold `layer` when it is given; a .npy is labelled with it."""
+    path = store_path(path, layer, default=default_layer)
     if path.is_dir():
-        return ActivationStore(path, split)
+        store = ActivationStore(path, split)
+        if layer is not None and store.layer is not None and int(store.layer) != layer:
+            raise FeaturescopeError(f"{path}: holds layer {store.layer}, not layer {layer}", settings=("layer",))
+        return store
     if path.suffix == ".npy":
-        return NpySource(path, split=split)
+        npy = NpySource(path, split=split)
+        npy.layer = layer
+        return npy
     if not path.exists():
         raise FeaturescopeError(f"{path}: no such file or folder")
     raise FeaturescopeError(f"{path}: expected an activation store folder or a .npy file")

@@ -42,8 +42,10 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(HarvestConfig, args)
     result = harvest(cfg, progress=not args.quiet)
     state = "complete" if result.complete else "incomplete"
+    where = f" over layers {', '.join(map(str, result.layers))} (a store each in layer-L/)" if len(
+        result.layers) > 1 else ""
     if _main_rank():
-        print(f"{result.path}: {result.rows} activation rows in {result.shards} shards ({state}; "
+        print(f"{result.path}: {result.rows} activation rows in {result.shards} shards{where} ({state}; "
               f"{result.new_rows} new in {result.seconds:.1f} s)")
     return 0
 
@@ -161,9 +163,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from featurescope.activations import MANIFEST, ActivationStore
+    from featurescope.activations import MANIFEST, ActivationStore, harvested_layers, store_path
 
     path = Path(args.path)
+    layers = harvested_layers(path) if path.is_dir() else None
+    if layers is not None:  # a harvest of several layers: each layer's store
+        stores = {str(layer): ActivationStore(store_path(path, layer)) for layer in layers}
+        print(json.dumps({"layers": {k: {**vars(s.info), "shards": len(s.shards)} for k, s in stores.items()}},
+                         indent=2))
+        return 0
     if (path / MANIFEST).is_file():
         store = ActivationStore(path)
         info = store.info
@@ -258,7 +266,7 @@ def _register_core(sub: Any) -> None:
     from featurescope.train import TrainConfig
 
     add_dataclass_args(add_command(sub, "harvest", "run a model over a corpus and store its residual stream at one "
-                                   "layer", _cmd_harvest), HarvestConfig)
+                                   "layer (or several, from one forward pass)", _cmd_harvest), HarvestConfig)
     p = add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]", _cmd_train)
     add_dataclass_args(p, TrainConfig)
     from featurescope.commands.train_family import add_family_flags

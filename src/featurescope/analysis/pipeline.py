@@ -169,7 +169,7 @@ def _setup(cfg: AnalyzeConfig, model: LanguageModel | None, sae: SAE | None, dev
     sae = (sae if sae is not None else SAE.load(cfg.sae, device=device)).to(device).eval()
     store = None
     if cfg.activations:
-        src = open_source(cfg.activations)
+        src = open_source(cfg.activations, layer=cfg.layer, default_layer=sae.cfg.layer)  # several: the SAE's
         if not isinstance(src, ActivationStore):
             raise FeaturescopeError(f"{cfg.activations}: analysis needs an activation store with token ids "
                                     "(from `featurescope harvest`), not a bare .npy")
@@ -198,8 +198,8 @@ def _identity(cfg: AnalyzeConfig, s: _Setup) -> dict[str, Any]:
     rec = settings(cfg, VOLATILE)
     rec.update(sae=str(Path(cfg.sae).resolve()) if cfg.sae else None, model=s.model_name, layer=s.layer,
                tokens=s.tokens, batch_contexts=s.source.batch_contexts, sae_sha256=sae_fingerprint(s.sae))
-    if cfg.activations:
-        rec["activations"] = str(Path(cfg.activations).resolve())
+    if s.store is not None:  # the store read (a harvest of several layers: the layer's own)
+        rec["activations"] = str(Path(s.store.path).resolve())
         rec["corpus"] = None
     return rec
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from featurescope.activations import ActivationSource, ActivationStore, open_source
+from featurescope.activations import ActivationSource, ActivationStore, open_source, store_path
 from featurescope.config_fields import option
 from featurescope.corpus import contexts, open_corpus
 from featurescope.errors import FeaturescopeError
@@ -35,6 +35,7 @@ class EvalConfig:
 
     sae: str = option("", "SAE folder (ours, SAELens or sparsify); the command takes several, or a glob, to compare")
     activations: str = option("", "activation store or .npy to measure FVU, L0 and dead %% on")
+    layer: int | None = option(None, "the layer to read from a harvest of several layers (auto: the SAE's)")
     model: str = option("", "model for CE loss recovered (default: the store's or the SAE's model); with several "
                         "SAEs that record the same model under other names, the one they all read")
     corpus: str = option("", "corpus for CE contexts (default: the store's own contexts of --split)")
@@ -128,20 +129,23 @@ def _check_fits(sae: SAE, source: ActivationSource) -> None:
         raise FeaturescopeError(f"the store is from layer {source.layer} but the SAE reads layer {sae.cfg.layer}")
 
 
-def _open_split(path: str, split: str, notes: list[str]) -> tuple[ActivationSource, str]:
+def _open_split(path: str, split: str, notes: list[str], layer: int | None = None, default_layer: int | None = None
+                ) -> tuple[ActivationSource, str]:
     """The source of `path` reading `split`, falling back to the training rows (with a note) when it has
-    no held-out part; the split actually read."""
+    no held-out part; the split actually read. In a harvest of several layers, `layer` (else `default_layer`)
+    picks the store."""
     if split not in ("heldout", "train"):
         raise FeaturescopeError(f"unknown split {split!r}; choose heldout or train")
+    path = str(store_path(path, layer, default=default_layer))
     if split == "train":
         notes.append("asked for training rows (--split train): these figures are in-sample")
-        return open_source(path, "train"), "train"
-    whole = open_source(path)
+        return open_source(path, "train", layer), "train"
+    whole = open_source(path, layer=layer)
     if whole.heldout_rows == 0:
         notes.append(f"{path} has no held-out part (harvested with --heldout 0, by store version 1, or a .npy "
                      "under 20 rows): measuring on training rows, so these figures are in-sample")
         return whole, "train"
-    return open_source(path, "heldout"), "heldout"
+    return open_source(path, "heldout", layer), "heldout"
 
 
 def _corpus_ids(spec: str, model: LanguageModel, ctx_len: int, n: int, seed: int) -> Tensor:
@@ -195,7 +199,9 @@ def evaluate_many(cfg: EvalConfig, saes: Sequence[SAE | str], *, names: Sequence
     check_same_input(loaded, names, models=not cfg.model)  # --model names the one model to use
     first = loaded[0]
     notes: list[str] = []
-    source, split = _open_split(cfg.activations, cfg.split, notes) if cfg.activations else (None, cfg.split)
+    sae_layer = next((s.cfg.layer for s in loaded if s.cfg.layer is not None), None)
+    source, split = (_open_split(cfg.activations, cfg.split, notes, cfg.layer, sae_layer) if cfg.activations
+                     else (None, cfg.split))
     recons: list[ReconstructionMetrics | None] = [None] * len(loaded)
     if source is not None:
         for sae in loaded:

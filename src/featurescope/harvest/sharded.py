@@ -1,4 +1,5 @@
-"""Harvest on N ranks: rank r runs the model over shards r, r + N, r + 2N, ... of the one corpus order.
+"""Harvest on N ranks: rank r runs the model over shards r, r + N, r + 2N, ... of the one corpus order (and
+writes that shard of every layer's store that still needs rows).
 
 Every rank reads and tokenizes the whole context stream (cheap next to the forward passes), so every rank
 knows each shard's contexts and row count without communication, and cuts the last shard at exactly
@@ -24,12 +25,11 @@ from featurescope.activations import MANIFEST
 from featurescope.atomic import write_json
 from featurescope.distributed.world import World, join
 from featurescope.harvest.heldout import split_contexts
+from featurescope.harvest.layers import open_stores, rows, store_dirs
 from featurescope.harvest.writer import (
     HarvestConfig,
     HarvestResult,
     add_shard,
-    begin_store,
-    clear_store,
     no_text,
     open_inputs,
     ran_out,
@@ -41,85 +41,96 @@ from featurescope.models import LanguageModel
 
 
 class Shard(NamedTuple):
-    """One shard of the plan: its index in the store, its contexts, which are held out, and its row budget."""
+    """One shard of the plan: its index in the stores, its contexts, which are held out, and each layer's row
+    budget (0 for a layer whose store is full)."""
 
     index: int  # type: ignore[assignment]  # shadows tuple.index, as NamedTuple allows
     ctxs: list[list[int]]
     heldout: list[bool]
-    budget: int
+    budgets: list[int]
 
 
 def plan(stream: Iterator[tuple[list[int], bool]], special: torch.Tensor, cfg: HarvestConfig, first: int,
-         done_rows: int) -> Iterator[Shard]:
-    """The shards from index `first` on, until `cfg.tokens` rows are planned or the stream ends."""
-    index, done = first, done_rows
-    while done < cfg.tokens:
+         done_rows: list[int]) -> Iterator[Shard]:
+    """The shards from index `first` on, until `cfg.tokens` rows of every layer are planned or the stream ends."""
+    index, done = first, list(done_rows)
+    while min(done) < cfg.tokens:
         pairs = list(itertools.islice(stream, cfg.shard_contexts))
         if not pairs:
             return
         ctxs = [c for c, _ in pairs]
-        budget = cfg.tokens - done
-        yield Shard(index, ctxs, [h for _, h in pairs], budget)
+        budgets = [max(0, cfg.tokens - d) for d in done]
+        yield Shard(index, ctxs, [h for _, h in pairs], budgets)
         rows = int((~torch.isin(torch.tensor(ctxs, dtype=torch.long), special)).sum())
-        index, done = index + 1, done + min(rows, budget)
+        index, done = index + 1, [d + min(rows, b) for d, b in zip(done, budgets, strict=True)]
 
 
-def _start(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0's part of the setup: --overwrite, the manifest to continue, strays deleted."""
-    clear_store(cfg, out)
-    return begin_store(cfg, out, fresh)
+def _write(model: LanguageModel, layers: list[int], dirs: list[Path], shard: Shard, cfg: HarvestConfig,
+           special: torch.Tensor) -> list[dict[str, Any] | None]:
+    """Harvest `shard` and write each layer's file that it has a budget for; each layer's record (or None)."""
+    todo = [k for k, b in enumerate(shard.budgets) if b > 0]
+    parts = shard_tensors(model, [layers[k] for k in todo], shard.ctxs, [shard.budgets[k] for k in todo], cfg,
+                          special, shard.heldout)
+    records: list[dict[str, Any] | None] = [None] * len(layers)
+    for k, (tensors, stats, partial) in zip(todo, parts, strict=True):
+        records[k] = write_shard(dirs[k], shard.index, tensors, stats, partial, len(shard.ctxs))
+    return records
 
 
 def _run(world: World, cfg: HarvestConfig, model: LanguageModel | None, progress: bool) -> HarvestResult:
     start = time.perf_counter()
     out = Path(cfg.out)
-    model, layer, source, fresh = open_inputs(cfg, model, str(world.device))
-    manifest = world.on_main(lambda: _start(cfg, out, fresh))
+    model, layers, source, fresh = open_inputs(cfg, model, str(world.device))
+    dirs = store_dirs(out, layers)
+    manifests = world.on_main(lambda: open_stores(cfg, out, layers, fresh))
     head = None
-    if manifest is not None:
-        shards = manifest["shards"]
-        head = [len(shards), sum(s["rows"] for s in shards), sum(s["contexts"] for s in shards)]
-    first, done_rows, done_ctx = world.broadcast_json(head)
-    if done_rows >= cfg.tokens:
-        if manifest is not None:
-            manifest["complete"] = True
-            write_json(out / MANIFEST, manifest)
-        return HarvestResult(out, done_rows, 0, first, time.perf_counter() - start, True)
+    if manifests is not None:
+        unfinished = [m for m in manifests if rows(m) < cfg.tokens] or manifests
+        shards = unfinished[0]["shards"]
+        head = [len(shards), [rows(m) for m in manifests], sum(s["contexts"] for s in shards)]
+    first, done, done_ctx = world.broadcast_json(head)
+    if min(done) >= cfg.tokens:
+        if manifests is not None:
+            for d, m in zip(dirs, manifests, strict=True):
+                m["complete"] = True
+                write_json(d / MANIFEST, m)
+        return HarvestResult(out, sum(done), 0, first, time.perf_counter() - start, True, tuple(layers))
 
     special = special_ids(model)
     stream = itertools.islice(split_contexts(source, model.tokenizer, ctx_len=cfg.ctx_len, bos_id=model.bos_id,
                                              fraction=cfg.heldout), done_ctx, None)
-    bar = tqdm(total=cfg.tokens, initial=done_rows, unit="tok", unit_scale=True, desc=f"harvest ×{world.size}",
-               disable=not (progress and world.is_main), dynamic_ncols=True)
+    bar = tqdm(total=cfg.tokens * len(layers), initial=sum(done), unit="tok", unit_scale=True,
+               desc=f"harvest ×{world.size}", disable=not (progress and world.is_main), dynamic_ncols=True)
     new_rows, n_shards = 0, first
     while True:
         # planned afresh each round from the rows actually stored: massive-activation positions are found only
         # when the model runs, so a shard may store fewer rows than its non-special positions
-        round_ = list(itertools.islice(plan(stream, special, cfg, n_shards, done_rows), world.size))
+        round_ = list(itertools.islice(plan(stream, special, cfg, n_shards, done), world.size))
         if not round_:
             break
-        record = None
-        if world.rank < len(round_):
-            mine = round_[world.rank]
-            tensors, stats, partial = shard_tensors(model, layer, mine.ctxs, mine.budget, cfg, special, mine.heldout)
-            record = write_shard(out, mine.index, tensors, stats, partial, len(mine.ctxs))
-        records = [r for r in world.gather_json(record) if r is not None]
-        rows = sum(r["rows"] for r in records)
-        done_rows, new_rows, n_shards = done_rows + rows, new_rows + rows, n_shards + len(records)
-        if manifest is not None:
-            for r in records:
-                add_shard(manifest, r)
-            manifest["complete"] = done_rows >= cfg.tokens
-            write_json(out / MANIFEST, manifest)
-        bar.update(rows)
+        mine = _write(model, layers, dirs, round_[world.rank], cfg, special) if world.rank < len(round_) else None
+        gathered = [r for r in world.gather_json(mine) if r is not None]  # one list per shard, in shard order
+        for k in range(len(layers)):
+            records = [shard[k] for shard in gathered if shard[k] is not None]
+            added = sum(r["rows"] for r in records)
+            done[k], new_rows = done[k] + added, new_rows + added
+            if manifests is not None and records:
+                for r in records:
+                    add_shard(manifests[k], r)
+                manifests[k]["complete"] = done[k] >= cfg.tokens
+                write_json(dirs[k] / MANIFEST, manifests[k])
+            bar.update(added)
+        n_shards += len(gathered)
     bar.close()
-    if done_rows < cfg.tokens:  # the corpus ended first
-        if done_rows == 0:
+    if min(done) < cfg.tokens:  # the corpus ended first
+        if sum(done) == 0:
             raise no_text(cfg)
-        if manifest is not None:
-            ran_out(cfg, out, manifest, done_rows)
+        if manifests is not None:
+            for k in range(len(layers)):
+                if done[k] < cfg.tokens:
+                    ran_out(cfg, dirs[k], manifests[k], done[k])
     world.barrier()
-    return HarvestResult(out, done_rows, new_rows, n_shards, time.perf_counter() - start, True)
+    return HarvestResult(out, sum(done), new_rows, n_shards, time.perf_counter() - start, True, tuple(layers))
 
 
 def harvest_ranks(cfg: HarvestConfig, *, model: LanguageModel | None = None, progress: bool = True

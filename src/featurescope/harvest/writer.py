@@ -39,7 +39,8 @@ class HarvestConfig:
     out: str = option("", "folder of the activation store (created; rerun the same command to resume)",
                       required=True)
     model: str = option("default", "built-in name, local folder, .gguf file or hub id")
-    layer: int | None = option(None, "block whose output is read, 0-based (Gemma 3 270M: 9; else the middle one)")
+    layer: str | int | None = option(None, "block whose output is read, 0-based (Gemma 3 270M: 9; else the middle "
+                                     "one); several, such as 3,9,15: one forward pass, one store each in OUT/layer-L/")
     corpus: str = option("wiki-en", "wiki-en|fr|es, bible-<codes>, a .txt/.jsonl file or folder, hf:NAME")
     tokens: int = option(1_000_000, "activation rows to store (BOS/special positions are not rows)")
     ctx_len: int = option(128, "tokens per context, BOS first")
@@ -58,9 +59,25 @@ class HarvestConfig:
     dist_backend: str = option("auto", "torch.distributed backend (auto: nccl on CUDA, else gloo)",
                                choices=("auto", "nccl", "gloo"))
 
+    def __post_init__(self) -> None:
+        self.layer = parse_layers(self.layer)
+
+
+def parse_layers(value: str | int | None) -> str | int | None:
+    """`layer` as stored: None (the model's default), one block index, or several as sorted "3,9,15"."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        layers = sorted({int(part) for part in str(value).split(",")})
+    except ValueError:
+        raise FeaturescopeError(f"`layer` must be a block index or several such as 3,9,15 (got {value!r})",
+                                settings=("layer",)) from None
+    return layers[0] if len(layers) == 1 else ",".join(map(str, layers))
+
 
 class HarvestResult(NamedTuple):
-    """What `harvest` did."""
+    """What `harvest` did; with several layers, `rows` and `new_rows` add up every layer's store and `shards`
+    counts the shards of the longest."""
 
     path: Path
     rows: int
@@ -68,6 +85,7 @@ class HarvestResult(NamedTuple):
     shards: int
     seconds: float
     complete: bool
+    layers: tuple[int, ...] = ()
 
 
 def _identity(m: dict[str, Any]) -> dict[str, Any]:
@@ -142,15 +160,22 @@ def _prepare(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, 
         raise FeaturescopeError(f"{out}: already holds {rows} rows, more than `tokens` {cfg.tokens}",
                                 settings=("tokens",))
     if old["shards"] and old["shards"][-1].get("partial") and rows < cfg.tokens:
-        dropped = old["shards"].pop()  # ends mid-context: redo it with the larger budget
-        for key in ("rows", "sum_norm", "excluded_positions", "excluded_sum_norm"):
-            old["stats"][key] -= dropped["stats"][key]
+        trim(old, len(old["shards"]) - 1)  # ends mid-context: redo it with the larger budget
     old["version"] = STORE_VERSION  # new shards record their held-out contexts (none in a version-1 store)
     old["heldout"] = cfg.heldout
     old["tokens_requested"] = cfg.tokens
     old["complete"] = False
     old["config"] = asdict(cfg)
     return old
+
+
+def trim(manifest: dict[str, Any], n: int) -> None:
+    """Forget the manifest's shards after the first `n` (they will be harvested again)."""
+    while len(manifest["shards"]) > n:
+        dropped = manifest["shards"].pop()
+        for key in ("rows", "sum_norm", "excluded_positions", "excluded_sum_norm"):
+            manifest["stats"][key] -= dropped["stats"][key]
+        manifest["complete"] = manifest["exhausted"] = False
 
 
 def _ours(keep: set[str]) -> Callable[[Path], bool]:
@@ -167,7 +192,7 @@ def _ours(keep: set[str]) -> Callable[[Path], bool]:
     return check
 
 
-def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
+def remove_strays(out: Path, manifest: dict[str, Any]) -> None:
     """Delete shard files the manifest does not record (a run killed between a shard and its manifest):
     only those whose content shows a harvest wrote them."""
     keep = {s["file"] for s in manifest["shards"]}
@@ -178,13 +203,16 @@ def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def open_inputs(cfg: HarvestConfig, model: LanguageModel | None, device: str
-                ) -> tuple[LanguageModel, int, TextSource, dict[str, Any]]:
-    """The model, the resolved layer, the corpus and a fresh manifest of `cfg`."""
+                ) -> tuple[LanguageModel, list[int], TextSource, list[dict[str, Any]]]:
+    """The model, the resolved layers (ascending), the corpus and a fresh manifest of each layer's store."""
     source = open_corpus(cfg.corpus, seed=cfg.seed)
     model = model or load_model(cfg.model, device=device, dtype=cfg.model_dtype)
-    default_layer = DEFAULT_LAYERS.get(cfg.model, model.n_layers // 2)
-    layer = model.check_layer(cfg.layer if cfg.layer is not None else default_layer)
-    return model, layer, source, _new_manifest(cfg, model, layer, source.licence)
+    if cfg.layer is None:
+        layers = [DEFAULT_LAYERS.get(cfg.model, model.n_layers // 2)]
+    else:
+        layers = [int(part) for part in str(cfg.layer).split(",")]
+    layers = [model.check_layer(layer) for layer in layers]
+    return model, layers, source, [_new_manifest(cfg, model, layer, source.licence) for layer in layers]
 
 
 def begin_store(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +227,7 @@ def begin_store(cfg: HarvestConfig, out: Path, fresh: dict[str, Any]) -> dict[st
                                 "choose an empty or new `out`", settings=("out",))
     manifest = _prepare(cfg, out, fresh)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_strays(out, manifest)
+    remove_strays(out, manifest)
     if new:
         write_json(out / MANIFEST, manifest)
     return manifest
@@ -257,41 +285,70 @@ def add_shard(manifest: dict[str, Any], record: dict[str, Any]) -> None:
         manifest["stats"][key] += value
 
 
-def shard_tensors(model: LanguageModel, layer: int, ctxs: list[list[int]], budget: int, cfg: HarvestConfig,
-                  special: torch.Tensor, heldout: list[bool]) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
-    """Run the model over one shard's contexts (`heldout` flags each); keep at most `budget` positions that are
-    neither special nor outliers (`featurescope.outliers`)."""
-    tokens = torch.tensor(ctxs, dtype=torch.long)
-    mask = ~torch.isin(tokens, special)  # becomes the stored mask: which positions are rows
-    stats: dict[str, Any] = {"rows": 0, "sum_norm": 0.0, "excluded_positions": 0, "excluded_sum_norm": 0.0}
-    acts = []
-    remaining, cut = budget, False
-    for s in range(0, len(ctxs), cfg.batch_size):
-        if remaining <= 0:  # the budget is spent: later contexts are not stored (the shard is partial)
-            cut |= bool(mask[s:].any())
-            mask[s:] = False
-            break
-        m = mask[s : s + cfg.batch_size]  # a view of `mask`
-        resid = model.residual(tokens[s : s + cfg.batch_size], layer).float().cpu()
+class _LayerRows:
+    """The rows of one layer's store in one shard, batch by batch: its own row mask, budget and statistics."""
+
+    def __init__(self, mask: torch.Tensor, budget: int) -> None:
+        self.mask, self.remaining, self.cut, self.open = mask, budget, False, True
+        self.stats: dict[str, Any] = {"rows": 0, "sum_norm": 0.0, "excluded_positions": 0, "excluded_sum_norm": 0.0}
+        self.acts: list[torch.Tensor] = []
+
+    def close_if_spent(self, s: int) -> bool:
+        """Stop at batch `s` once the budget is spent (later contexts are not stored: the shard is partial);
+        whether this layer still reads batch `s`."""
+        if self.open and self.remaining <= 0:
+            self.cut |= bool(self.mask[s:].any())
+            self.mask[s:] = False
+            self.open = False
+        return self.open
+
+    def add(self, resid: torch.Tensor, s: int, cfg: HarvestConfig) -> None:
+        """Keep the positions of the batch at context `s` that are neither special nor outliers, within budget."""
+        m = self.mask[s : s + cfg.batch_size]  # a view of `mask`
         norms = resid.norm(dim=-1)
         m &= ~outlier_positions(norms, m, cfg.max_norm_ratio)
         excluded = ~m  # special or outlier
-        over = m & (torch.cumsum(m.flatten().long(), 0).view_as(m) > remaining)  # the budget, after outliers
+        over = m & (torch.cumsum(m.flatten().long(), 0).view_as(m) > self.remaining)  # the budget, after outliers
         if bool(over.any()):  # contexts after the cut's last row are not stored: nothing of theirs is counted
-            cut = True
+            self.cut = True
             m &= ~over
             excluded[int(m.any(dim=1).nonzero().max()) + 1 :] = False
-        stats["rows"] += int(m.sum())
-        stats["sum_norm"] += float(norms[m].sum())
-        stats["excluded_positions"] += int(excluded.sum())
-        stats["excluded_sum_norm"] += float(norms[excluded].sum())
-        acts.append(resid[m].to(DTYPES[cfg.dtype]))
-        remaining -= int(m.sum())
-    n_ctx = int(mask.any(dim=1).nonzero().max()) + 1 if bool(mask.any()) else 0
-    tensors = {
-        "acts": torch.cat(acts) if acts else torch.zeros(0, model.d_model, dtype=DTYPES[cfg.dtype]),
-        "tokens": tokens[:n_ctx].to(torch.int32),
-        "mask": mask[:n_ctx].to(torch.uint8),
-        "heldout": torch.tensor(heldout, dtype=torch.uint8)[:n_ctx],
-    }
-    return tensors, stats, cut
+        self.stats["rows"] += int(m.sum())
+        self.stats["sum_norm"] += float(norms[m].sum())
+        self.stats["excluded_positions"] += int(excluded.sum())
+        self.stats["excluded_sum_norm"] += float(norms[excluded].sum())
+        self.acts.append(resid[m].to(DTYPES[cfg.dtype]))
+        self.remaining -= int(m.sum())
+
+    def tensors(self, tokens: torch.Tensor, heldout: list[bool], d_model: int, dtype: str) -> dict[str, torch.Tensor]:
+        mask = self.mask
+        n_ctx = int(mask.any(dim=1).nonzero().max()) + 1 if bool(mask.any()) else 0
+        return {
+            "acts": torch.cat(self.acts) if self.acts else torch.zeros(0, d_model, dtype=DTYPES[dtype]),
+            "tokens": tokens[:n_ctx].to(torch.int32),
+            "mask": mask[:n_ctx].to(torch.uint8),
+            "heldout": torch.tensor(heldout, dtype=torch.uint8)[:n_ctx],
+        }
+
+
+ShardPart = tuple[dict[str, torch.Tensor], dict[str, Any], bool]
+"""One layer's shard: its tensors, its statistics, and whether the budget cut it short (partial)."""
+
+
+def shard_tensors(model: LanguageModel, layers: list[int], ctxs: list[list[int]], budgets: list[int],
+                  cfg: HarvestConfig, special: torch.Tensor, heldout: list[bool]) -> list[ShardPart]:
+    """Run the model over one shard's contexts (`heldout` flags each) and make each of `layers`' shard: at most
+    its `budgets` entry of positions that are neither special nor outliers (`featurescope.outliers`). Each
+    forward pass stops after the deepest layer that still needs rows; each layer's shard is the one a harvest of
+    that layer alone writes."""
+    tokens = torch.tensor(ctxs, dtype=torch.long)
+    mask = ~torch.isin(tokens, special)  # becomes the stored mask: which positions are rows
+    parts = [_LayerRows(mask.clone(), budget) for budget in budgets]
+    for s in range(0, len(ctxs), cfg.batch_size):
+        live = [k for k, part in enumerate(parts) if part.close_if_spent(s)]
+        if not live:
+            break
+        resids = model.residuals(tokens[s : s + cfg.batch_size], [layers[k] for k in live])
+        for k in live:
+            parts[k].add(resids[layers[k]].float().cpu(), s, cfg)
+    return [(p.tensors(tokens, heldout, model.d_model, cfg.dtype), p.stats, p.cut) for p in parts]

@@ -64,6 +64,16 @@ class Capture:
             raise StopForward
 
 
+class _Keep(Capture):
+    """`Capture` that keeps a copy of the output when the forward pass goes on (later blocks cannot change it)."""
+
+    def __call__(self, module: nn.Module, args: object, output: object) -> None:
+        out = cast(Tensor, output[0] if isinstance(output, tuple) else output)
+        self.output = out if self.stop else out.clone()
+        if self.stop:
+            raise StopForward
+
+
 class _CaptureInput:
     """Forward pre-hook that records a module's first input and ends the forward pass."""
 
@@ -209,6 +219,31 @@ class LanguageModel:
         if capture.output is None:
             raise FeaturescopeError(f"block {layer} of {self.name} did not run")
         return capture.output
+
+    @torch.inference_mode()
+    def residuals(self, input_ids: Tensor, layers: Sequence[int], attention_mask: Tensor | None = None
+                  ) -> dict[int, Tensor]:
+        """Residual stream after each block of `layers` from one forward pass that stops after the deepest:
+        {layer: [batch, seq, d_model]}, each equal to `residual(input_ids, layer)`."""
+        return self.residuals_of(self._inputs(input_ids, attention_mask), layers)
+
+    @torch.inference_mode()
+    def residuals_of(self, inputs: dict[str, Tensor], layers: Sequence[int]) -> dict[int, Tensor]:
+        """`residuals` for ready model inputs."""
+        wanted = sorted({self.check_layer(layer) for layer in layers})
+        if not wanted:
+            return {}
+        captures = {layer: _Keep(stop=layer == wanted[-1]) for layer in wanted}
+        handles = [self.blocks[layer].register_forward_hook(c) for layer, c in captures.items()]
+        try:
+            self._forward_until(inputs, handles[-1])
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [layer for layer, c in captures.items() if c.output is None]
+        if missing:
+            raise FeaturescopeError(f"block {missing[0]} of {self.name} did not run")
+        return {layer: cast(Tensor, c.output) for layer, c in captures.items()}
 
     def _forward_until(self, inputs: dict[str, Tensor], handle: torch.utils.hooks.RemovableHandle) -> None:
         """Run the forward pass until the hook behind `handle` stops it (`StopForward`); remove the hook."""

@@ -18,6 +18,8 @@ class TrainConfig:
     """Settings of one training run (each field is also a `featurescope train --flag`)."""
 
     activations: str = option("", "activation store folder or .npy file [N, d] (required)")
+    layer: int | None = option(None, "the layer to train on, from a harvest of several layers (one-layer store: "
+                               "its own)")
     out: str = option("", "output folder for the SAE, its checkpoints and training summary (required)")
     arch: str = option("topk", "SAE architecture", choices=ARCHITECTURES)
     features: int | None = option(None, "number of SAE features (default 8 × d_in)" + _MANY, many=True)

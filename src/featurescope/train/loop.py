@@ -90,6 +90,8 @@ def plan(cfg: TrainConfig, source: ActivationSource) -> Plan:
 def record_settings(cfg: TrainConfig, source: ActivationSource, p: Plan) -> dict[str, Any]:
     """The configuration as compared between reruns: resolved defaults, no volatile fields, the data's shape."""
     rec = settings(cfg, VOLATILE)
+    if rec.get("layer") is None:
+        rec.pop("layer", None)  # a one-layer store's runs record what they did before `layer` existed
     if rec["activations"]:
         rec["activations"] = str(Path(rec["activations"]).resolve())
     rec.update(features=p.features, k=p.k, lr=p.lr, sparsity_coefficient=p.sparsity_coefficient, k_aux=p.k_aux,
@@ -356,7 +358,7 @@ def train(cfg: TrainConfig, *, source: ActivationSource | None = None, progress:
 def training_source(cfg: TrainConfig, source: ActivationSource | None) -> ActivationSource:
     """The rows `cfg` trains on: `source`, else the training split of `cfg.activations`; `max_rows` applied."""
     if source is None:
-        source = open_source(cfg.activations, split="train")  # never the held-out rows `eval` measures on
+        source = open_source(cfg.activations, split="train", layer=cfg.layer)  # never the held-out rows
     if cfg.max_rows is not None:
         source = HeadSource(source, cfg.max_rows)
     if source.n_rows == 0 or source.d_model == 0:

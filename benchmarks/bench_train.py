@@ -6,8 +6,12 @@ Synthetic data with known features (featurescope.synthetic: 1M × 256 rows from 
 default, plus 65,536 held-out rows), one epoch of TopK (k 8, 2,048 latents, batch 4,096) for every
 trainer, all on the same rows and the same learning rate (ours by default). Peers run as subprocesses of
 the interpreter in --peer-python (a venv with sae-lens and eai-sparsify); see benchmarks/peer_runner.py.
+The rows are written twice: as an activation store laid out as `harvest` writes one (float32; its "train"
+split is the training rows, its "heldout" split the held-out ones) and as .npy files for the peers.
 Reported per trainer: samples/s of the training call (wall time; its CPU time too, steadier when other
-processes share the CPU), FVU (around the mean, raw units) and L0 on the
+processes share the CPU), the whole process (`featurescope train` on the store as a user runs it, from the
+interpreter's start to its exit; a peer's process up to its saved weights, reading the .npy included), FVU
+(around the mean, raw units) and L0 on the
 held-out rows, and recovery of the true features by the decoder rows (Hungarian-matched mean cosine and
 mean max cosine). The roofline is the time of the encoder's dense matmul alone ([batch, d] @ [d, latents],
 fp32 and bf16): a trainer that did nothing else per step would reach batch / that time samples/s.
@@ -32,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featurescope.activations import NpySource
-from featurescope.atomic import atomic_path, write_json
-from featurescope.sae import TopKSAE
+from featurescope.activations import DTYPES, MANIFEST, STORE_FORMAT, STORE_VERSION, ActivationStore, shard_name
+from featurescope.atomic import atomic_path, write_json, write_safetensors
+from featurescope.sae import SAE, TopKSAE
 from featurescope.synthetic import make_synthetic, recovery
 from featurescope.train import TrainConfig, train
 from featurescope.train.setup import default_dead_tokens
@@ -45,6 +49,45 @@ REPO = Path(__file__).resolve().parents[1]
 def save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+def write_store(path: Path, train_rows: torch.Tensor, heldout_rows: torch.Tensor, *, dtype: str = "float32",
+                ctx_len: int = 128, shard_contexts: int = 512) -> None:
+    """An activation store as `harvest` lays one out (docs/formats/activation-store.md): contexts of `ctx_len`
+    positions whose first (BOS) is not a row, `shard_contexts` per shard, the held-out contexts spread evenly
+    among the others; its "train" split is exactly `train_rows`, its "heldout" split `heldout_rows`."""
+    per = ctx_len - 1
+    parts = [train_rows.to(DTYPES[dtype]), heldout_rows.to(DTYPES[dtype])]
+    n_ctx = [-(-len(p) // per) for p in parts]
+    total = sum(n_ctx)
+    held = np.zeros(total, dtype=bool)
+    held[np.round(np.arange(n_ctx[1]) * (total / max(n_ctx[1], 1))).astype(np.int64)] = True
+    next_row = [0, 0]
+    path.mkdir(parents=True)
+    shards = []
+    for i, s in enumerate(range(0, total, shard_contexts)):
+        flags = held[s : s + shard_contexts]
+        mask = torch.zeros(len(flags), ctx_len, dtype=torch.uint8)
+        acts = []
+        for c, h in enumerate(flags):
+            src = parts[int(h)]
+            lo = next_row[int(h)]
+            hi = min(lo + per, len(src))
+            acts.append(src[lo:hi])
+            mask[c, 1 : 1 + hi - lo] = 1
+            next_row[int(h)] = hi
+        tokens = torch.arange(len(flags) * ctx_len, dtype=torch.int32).view(len(flags), ctx_len) % 30000 + 3
+        tokens[:, 0] = 2
+        tensors = {"acts": torch.cat(acts), "tokens": tokens, "mask": mask,
+                   "heldout": torch.from_numpy(flags.astype(np.uint8))}
+        write_safetensors(path / shard_name(i), tensors, metadata={"format": STORE_FORMAT})
+        shards.append({"file": shard_name(i), "rows": len(tensors["acts"]), "contexts": len(flags),
+                       "bytes": (path / shard_name(i)).stat().st_size, "partial": False,
+                       "heldout_contexts": int(flags.sum()), "heldout_rows": int(mask[torch.from_numpy(flags)].sum())})
+    write_json(path / MANIFEST, {"format": STORE_FORMAT, "version": STORE_VERSION, "model": "synthetic", "layer": 0,
+                                 "d_model": train_rows.shape[1], "dtype": dtype, "ctx_len": ctx_len,
+                                 "corpus": "synthetic", "complete": True, "heldout": n_ctx[1] / total,
+                                 "shards": shards})
 
 
 def sync(device: str) -> None:
@@ -113,6 +156,35 @@ def run_ours(name: str, data: Path, work: Path, args: argparse.Namespace, lr: fl
             **heldout_quality(result.sae, heldout), **rec._asdict()}
 
 
+def run_process(name: str, src: Path, store: Path, work: Path, args: argparse.Namespace, lr: float,
+                heldout: torch.Tensor, true: torch.Tensor) -> dict[str, Any]:
+    """`featurescope train` on the store in a fresh interpreter (the package from `src`), timed from start to exit."""
+    out = work / name
+    cmd = [sys.executable, "-m", "featurescope", "-q", "train", "--activations", str(store), "--out", str(out),
+           "--features", str(args.features), "--k", str(args.k), "--batch-size", str(args.batch_size),
+           "--epochs", str(args.epochs), "--lr", repr(lr), "--seed", str(args.seed), "--device", args.device]
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    before = load()
+    t = time.perf_counter()
+    usage = os.times()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    after = os.times()
+    if proc.returncode != 0:
+        return {"trainer": name, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+    summary = json.loads((out / "training_summary.json").read_text())
+    sae = SAE.load(out)
+    samples = summary["steps"] * args.batch_size
+    return {"trainer": name, "src": str(src), "lr": lr, "process_seconds": wall,
+            "process_cpu_seconds": (after.children_user + after.children_system) - (usage.children_user
+                                                                                    + usage.children_system),
+            "loop_seconds": summary["seconds"], "samples": samples, "samples_per_second": samples / wall,
+            "load_before": before, "load_after": load(), **heldout_quality(sae, heldout),
+            **recovery(sae.W_dec, true, assign=not args.no_hungarian)._asdict()}
+
+
 def run_peer(lib: str, data: Path, heldout: Path, work: Path, args: argparse.Namespace, lr: float,
              dead_window: int, true: torch.Tensor) -> dict[str, Any]:
     out, w_dec = work / f"{lib}.json", work / f"{lib}_w_dec.npy"
@@ -125,13 +197,19 @@ def run_peer(lib: str, data: Path, heldout: Path, work: Path, args: argparse.Nam
     cmd += ["--device", args.device]
     before = load()
     t = time.perf_counter()
+    usage = os.times()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t
+    after = os.times()
     if proc.returncode != 0:
         return {"trainer": lib, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     res = json.loads(out.read_text())
     rec = recovery(torch.from_numpy(np.load(w_dec)), true, assign=not args.no_hungarian)
-    return {"trainer": lib, "lr": lr, **res, "subprocess_seconds": wall, "load_before": before,
+    return {"trainer": lib, "lr": lr, **res, "subprocess_seconds": wall,
+            "process_seconds": wall - res["after_training_seconds"],  # to the saved weights
+            "subprocess_cpu_seconds": (after.children_user + after.children_system) - (usage.children_user
+                                                                                      + usage.children_system),
+            "load_before": before,
             "load_after": load(), **rec._asdict()}
 
 
@@ -153,6 +231,10 @@ def main() -> None:
     p.add_argument("--peers", default="saelens,sparsify", help="comma-separated; empty for none")
     p.add_argument("--peer-python", default=str(REPO / ".venv-peers" / "bin" / "python"))
     p.add_argument("--no-fp32-select", action="store_true", help="skip our run with fp32 selection")
+    p.add_argument("--no-fit", action="store_true", help="skip our in-process runs (whole processes only)")
+    p.add_argument("--src", action="append", default=[], metavar="NAME=PATH",
+                   help="also time the whole process of another featurescope tree's src/ folder, e.g. "
+                        "before=/tmp/old/src (repeatable)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for every trainer (default: torch's; 1 is steadier on a busy machine)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (every trainer, the roofline too)")
@@ -184,14 +266,20 @@ def main() -> None:
     print(json.dumps(results["roofline"], indent=1), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
-        data, held = work / "train.npy", work / "heldout.npy"
+        data, held, store = work / "train.npy", work / "heldout.npy", work / "store"
         save_npy(data, syn.data[: args.rows].numpy())
         save_npy(held, heldout.numpy())
-        assert NpySource(data).n_rows == args.rows
+        write_store(store, syn.data[: args.rows], heldout)
+        assert ActivationStore(store, "train").n_rows == args.rows
         runs = [("featurescope", "bfloat16")] + ([] if args.no_fp32_select else [("featurescope-fp32-select",
                                                                                   "float32")])
-        for name, sel in runs:
-            r = run_ours(name, data, work, args, lr, heldout, syn.true_features, sel)
+        for name, sel in [] if args.no_fit else runs:
+            r = run_ours(name, store, work, args, lr, heldout, syn.true_features, sel)
+            results["trainers"].append(r)
+            print(json.dumps(r), flush=True)
+        for name, src in [("featurescope-process", str(REPO / "src")), *(x.split("=", 1) for x in args.src)]:
+            r = run_process(name if name.startswith("featurescope") else f"featurescope-{name}", Path(src), store,
+                            work, args, lr, heldout, syn.true_features)
             results["trainers"].append(r)
             print(json.dumps(r), flush=True)
         peer_lr = {k: float(v) for k, v in (item.split("=", 1) for item in args.peer_lr)}
@@ -200,14 +288,16 @@ def main() -> None:
             results["trainers"].append(r)
             print(json.dumps(r), flush=True)
     write_json(args.out, results)
-    print(f"\n{'trainer':26} {'samples/s':>10} {'fit s':>7} {'CPU s':>7} {'FVU':>7} {'L0':>6} {'hungarian':>9} "
-          f"{'max cos':>8}")
+    print(f"\n{'trainer':26} {'samples/s':>10} {'fit s':>7} {'CPU s':>7} {'process s':>9} {'FVU':>7} {'L0':>6} "
+          f"{'hungarian':>9} {'max cos':>8}")
     for r in results["trainers"]:
         if "error" in r:
             print(f"{r['trainer']:26} error: {r['error']}")
             continue
-        print(f"{r['trainer']:26} {r['samples_per_second']:10.0f} {r['fit_seconds']:7.1f} {r['fit_cpu_seconds']:7.1f} "
-              f"{r['fvu']:7.4f} {r['l0']:6.2f} {r['hungarian']:9.4f} {r['true_max_cos']:8.4f}")
+        fit, cpu = r.get("fit_seconds", r.get("loop_seconds", math.nan)), r.get("fit_cpu_seconds", math.nan)
+        print(f"{r['trainer']:26} {r['samples_per_second']:10.0f} {fit:7.1f} {cpu:7.1f} "
+              f"{r.get('process_seconds', math.nan):9.1f} {r['fvu']:7.4f} {r['l0']:6.2f} {r['hungarian']:9.4f} "
+              f"{r['true_max_cos']:8.4f}")
     roof = results["roofline"]
     print(f"{'roofline fp32 matmul':26} {roof['roofline_fp32_samples_per_second']:10.0f}")
     print(f"{'roofline bf16 matmul':26} {roof['roofline_bf16_samples_per_second']:10.0f}")

@@ -40,6 +40,16 @@ def test_every_option_shows_one_readable_default():
             assert (action.help or "").count("(default:") <= 1, (name, action.dest, action.help)
 
 
+def test_train_builds_its_parser_alone_and_imports_no_model_code():
+    code = ("import sys\nfrom featurescope.cli import main\ntry:\n    main(['-q', 'train', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('scipy', 'transformers', 'featurescope.probes', 'featurescope.harvest') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--activations" in out and out.strip().endswith("[]")
+    assert set(cli.ALONE) < set(cli.build_parser()._subparsers._group_actions[0].choices)  # the full parser has them
+
+
 def test_library_notices_are_plain_stderr_lines_while_a_command_runs(capsys):
     log = logging.getLogger("featurescope.harvest.writer")
     with cli._notices_to_stderr():

@@ -12,7 +12,9 @@ on (`split="heldout"`): in a store, the contexts of held-out documents (see `fea
 
 from __future__ import annotations
 
+import json
 import math
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
 from featurescope.atomic import read_json
@@ -37,6 +37,10 @@ LAYERS_INDEX = "layers.json"
 """The index of a multi-layer harvest: one store per layer, in `layer-L/` (`layer_folder`)."""
 LAYERS_FORMAT = "featurescope.activation-layers"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_FILE_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+"""safetensors' dtype names."""
 
 
 def shard_name(index: int) -> str:
@@ -102,8 +106,12 @@ class ActivationSource:
                 break
         return torch.cat(out) if out else torch.zeros(0, self.d_model)
 
+    def take(self, index: int, rows: Tensor) -> Tensor:
+        """Rows `rows` (int64 positions) of chunk `index`, float32."""
+        return self.load_chunk(index)[rows]
+
     def sample(self, n: int, *, seed: int = 0) -> Tensor:
-        """`n` rows drawn without replacement (all rows if fewer), float32; reads only the chunks it needs."""
+        """`n` rows drawn without replacement (all rows if fewer), float32; reads only the rows it needs."""
         n = min(n, self.n_rows)
         rng = np.random.default_rng(seed)
         picked = np.sort(rng.choice(self.n_rows, size=n, replace=False))
@@ -111,7 +119,7 @@ class ActivationSource:
         for i, rows in enumerate(self.chunk_rows()):
             sel = picked[(picked >= offset) & (picked < offset + rows)] - offset
             if len(sel):
-                out.append(self.load_chunk(i)[torch.from_numpy(sel)])
+                out.append(self.take(i, torch.from_numpy(sel)))
             offset += rows
         return torch.cat(out) if out else torch.zeros(0, self.d_model)
 
@@ -231,6 +239,10 @@ class NpySource(TensorSource):
         e = min(s + self.chunk_size, self.n_rows)
         return torch.from_numpy(np.array(self.array[self.offset + s : self.offset + e], dtype=np.float32))
 
+    def take(self, index: int, rows: Tensor) -> Tensor:
+        return torch.from_numpy(np.asarray(self.array[self.offset + index * self.chunk_size + rows.numpy()],
+                                           dtype=np.float32))
+
 
 @dataclass
 class StoreInfo:
@@ -310,12 +322,10 @@ class ActivationStore(ActivationSource):
         return [n for _, n in self._chunks]
 
     def read_shard(self, index: int) -> ShardData:
-        """Activations, token ids and row mask of shard `index` (validated)."""
+        """Activations, token ids and row mask of shard `index` (validated; the tensors are views of the file,
+        memory-mapped: copy-on-write, read from disk as they are used)."""
         f = self.path / self.shards[index]["file"]
-        try:
-            t = load_file(str(f))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise FeaturescopeError(f"{f}: corrupt shard ({e})") from None
+        t = map_safetensors(f)
         if set(t) - {"heldout"} != {"acts", "tokens", "mask"}:
             raise FeaturescopeError(f"{f}: corrupt shard (tensors {sorted(t)})")
         acts, tokens, mask = t["acts"], t["tokens"], t["mask"].bool()
@@ -327,18 +337,54 @@ class ActivationStore(ActivationSource):
             raise FeaturescopeError(f"{f}: corrupt shard (shapes do not match the manifest)")
         return ShardData(acts, tokens, mask, heldout)
 
-    def load_chunk(self, index: int) -> Tensor:
-        shard_index = self._chunks[index][0]
-        data = self.read_shard(shard_index)
-        acts = data.acts
-        if self.split != "all":
-            row_ctx = data.mask.nonzero()[:, 0]
-            acts = acts[data.heldout[row_ctx] == (self.split == "heldout")]
+    def _split_acts(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """Shard rows of chunk `index` (the file's view) and the positions of the split's rows in them (None: all)."""
+        data = self.read_shard(self._chunks[index][0])
+        if self.split == "all":
+            return data.acts, None
+        row_ctx = data.mask.nonzero()[:, 0]
+        return data.acts, (data.heldout[row_ctx] == (self.split == "heldout")).nonzero().squeeze(1)
+
+    def _checked(self, index: int, acts: Tensor) -> Tensor:
         acts = acts.float()
-        if not torch.isfinite(acts).all():
-            f = self.path / self.shards[shard_index]["file"]
+        if not bool(torch.isfinite(acts.sum())) and not bool(torch.isfinite(acts).all()):  # one sum, not a mask
+            f = self.path / self.shards[self._chunks[index][0]]["file"]
             raise FeaturescopeError(f"{f}: corrupt shard (non-finite values)")
         return acts
+
+    def load_chunk(self, index: int) -> Tensor:
+        acts, keep = self._split_acts(index)
+        return self._checked(index, acts if keep is None else acts[keep])
+
+    def take(self, index: int, rows: Tensor) -> Tensor:
+        acts, keep = self._split_acts(index)
+        return self._checked(index, acts[rows if keep is None else keep[rows]])
+
+
+def map_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file as views of a private memory map of it (nothing is copied or read until
+    used); a damaged file raises FeaturescopeError."""
+    try:
+        with open(path, "rb") as fh:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        n = int.from_bytes(buf[:8], "little")
+        if len(buf) < 8 or not 2 <= n <= len(buf) - 8:
+            raise ValueError("bad header length")
+        header = json.loads(bytes(buf[8 : 8 + n]))
+        out = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype, shape = _FILE_DTYPES[spec["dtype"]], [int(d) for d in spec["shape"]]
+            begin, end = (int(o) for o in spec["data_offsets"])
+            count = math.prod(shape)
+            if end - begin != count * dtype.itemsize or not 0 <= begin <= end <= len(buf) - 8 - n:
+                raise ValueError(f"tensor {name!r} does not fit the file")
+            out[name] = (torch.frombuffer(buf, dtype=dtype, count=count, offset=8 + n + begin) if count
+                         else torch.empty(0, dtype=dtype)).view(shape)
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FeaturescopeError(f"{path}: corrupt shard ({e})") from None
 
 
 def harvested_layers(path: str | Path) -> list[int] | None:

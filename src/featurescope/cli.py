@@ -260,18 +260,27 @@ def positive_count(args: argparse.Namespace, name: str) -> int:
     return value
 
 
-def _register_core(sub: Any) -> None:
-    from featurescope.evaluate import EvalConfig
+def _register_harvest(sub: Any) -> None:
     from featurescope.harvest import HarvestConfig
-    from featurescope.train import TrainConfig
 
     add_dataclass_args(add_command(sub, "harvest", "run a model over a corpus and store its residual stream at one "
                                    "layer (or several, from one forward pass)", _cmd_harvest), HarvestConfig)
+
+
+def _register_train(sub: Any) -> None:
+    from featurescope.commands.train_family import add_family_flags
+    from featurescope.train import TrainConfig
+
     p = add_command(sub, "train", "train a sparse autoencoder on an activation store or a .npy [N, d]", _cmd_train)
     add_dataclass_args(p, TrainConfig)
-    from featurescope.commands.train_family import add_family_flags
-
     add_family_flags(p)
+
+
+def _register_core(sub: Any) -> None:
+    from featurescope.evaluate import EvalConfig
+
+    _register_harvest(sub)
+    _register_train(sub)
     p = add_command(sub, "eval", "FVU, L0, dead features, CE loss recovered and KL of an SAE, or of several side by "
                     "side (a table, Pareto plots)", _cmd_eval)
     p.add_argument("sae", nargs="+", metavar="SAE", help="SAE folder (ours, SAELens or sparsify); several, or a glob "
@@ -297,29 +306,52 @@ COMMAND_MODULES: tuple[str, ...] = tuple(f"featurescope.commands.{name}"
                                          for name in ("analysis", "steer", "serve", "probes", "vision"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `featurescope` command."""
+# Commands whose parser alone is built when the command line names them: the others' configs import their stages
+# (scipy, the model loaders), seconds that `featurescope train` would spend before its first step.
+ALONE: dict[str, Callable[[Any], None]] = {"harvest": _register_harvest, "train": _register_train}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the `featurescope` command (with `command` in `ALONE`: of that command only)."""
     import importlib
 
     parser = _Parser(prog="featurescope", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if command in ALONE:
+        ALONE[command](sub)
+        return parser
     _register_core(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
 
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names: its first argument that is not an option (the top level's take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _quiet_hub() -> None:
+    """No progress bars from transformers and the hub: set in the environment unless they are imported already
+    (importing transformers takes seconds that a command without a model would spend for nothing)."""
+    if "transformers" in sys.modules or "huggingface_hub" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run one subcommand; user errors print one line and exit 2."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_named(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "quiet"):
         args.quiet = False
     if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        _quiet_hub()
     try:
         with _notices_to_stderr():
             return int(args.run(args))

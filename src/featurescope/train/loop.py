@@ -25,6 +25,7 @@ from featurescope.activations import ActivationSource, open_source
 from featurescope.atomic import read_json, write_json
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
+from featurescope.prefetch import prefetch
 from featurescope.resume import resume_or_refuse, settings
 from featurescope.sae import SAE, SAEConfig, architecture_class
 from featurescope.sae.parallel import LOCAL, Parallel
@@ -268,8 +269,8 @@ class Run:
         self.sae.train()
         while self.step < self.total_steps:
             epoch, start = divmod(self.step, self.batches_per_epoch)
-            batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=start,
-                                          device=self.device)
+            batches = prefetch(self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=start,
+                                                   device=self.device), device=self.device)
             for batch in batches:
                 self.train_step(batch)
                 bar.update(1)

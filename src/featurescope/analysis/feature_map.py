@@ -38,11 +38,13 @@ def _scale(xy: Tensor) -> Tensor:
 
 
 def pca_map(w_dec: Tensor) -> Tensor:
-    """First two principal components of the centred unit directions."""
+    """First two principal components of the centred unit directions (eigenvectors of their d_in × d_in
+    scatter matrix; each axis points the way of its largest coordinate)."""
     u = unit_rows(w_dec.double().cpu())
     u = u - u.mean(0)
-    _, _, v = torch.linalg.svd(u, full_matrices=False)
-    xy = u @ v[:2].T
+    _, vectors = torch.linalg.eigh(u.T @ u)  # ascending eigenvalues
+    xy = u @ vectors[:, -2:].flip(1)
+    xy = xy * torch.where(xy.gather(0, xy.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)
     if xy.shape[1] < 2:
         xy = torch.cat([xy, torch.zeros(len(xy), 2 - xy.shape[1], dtype=xy.dtype)], 1)
     return _scale(xy)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from featurescope.analysis.neighbours import unit_rows
+from featurescope.analysis.screen import full_extremes, screened_extremes, worth_screening
 
 
 class NormScale(NamedTuple):
@@ -67,16 +68,18 @@ class LogitEffects(NamedTuple):
 
 @torch.inference_mode()
 def logit_effects(w_dec: Tensor, w_u: Tensor, scale: NormScale, n: int = 10, chunk: int = 128) -> LogitEffects:
-    """Top and bottom `n` tokens of W_U · (g ⊙ c(ŵ_i)) for every feature, `chunk` features at a time."""
+    """Top and bottom `n` tokens of W_U · (g ⊙ c(ŵ_i)) for every feature, `chunk` features at a time (many
+    features against a float32 W_U on the CPU: screened in bfloat16, same tokens; `analysis.screen`)."""
     w_u = w_u.detach()
     n = min(n, w_u.shape[0])
+    if worth_screening(len(w_dec), w_u):
+        found = screened_extremes(read_directions(w_dec.to(w_u.device), scale), w_u, n)
+        return LogitEffects(found.top_ids, found.top_values, found.bottom_ids, found.bottom_values)
     parts: list[tuple[Tensor, ...]] = []
     for s in range(0, len(w_dec), chunk):
-        d = read_directions(w_dec[s:s + chunk].to(w_u.device), scale).to(w_u.dtype)
-        logits = (d @ w_u.T).float()
-        top = logits.topk(n, dim=1)
-        bottom = logits.topk(n, dim=1, largest=False)
-        parts.append((top.indices.cpu(), top.values.cpu(), bottom.indices.cpu(), bottom.values.cpu()))
+        d = read_directions(w_dec[s:s + chunk].to(w_u.device), scale)
+        found = full_extremes(d, w_u, n)
+        parts.append(tuple(t.cpu() for t in found))
     if not parts:
         empty = torch.zeros(0, n)
         return LogitEffects(empty.long(), empty, empty.long(), empty)

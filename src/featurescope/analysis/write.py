@@ -91,36 +91,37 @@ def _example_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:
     W = acc.window
     top = acc.top
     order = top.ranked().cpu()
-    valid = (top.context != EMPTY).cpu()
-    for f in valid.any(1).nonzero().squeeze(1).tolist():
-        for rank, s in enumerate(order[f].tolist()):
-            if not valid[f, s]:
-                break
-            pos = int(top.position[f, s])
-            start = int(window_start(torch.tensor(pos), T, W))
-            yield (f, "top", 0, rank, float(top.value[f, s]), int(top.context[f, s]), pos, start,
-                   top.acts[f, s].cpu().numpy().astype("<f4").tobytes())
+    valid = (top.context != EMPTY).cpu().gather(1, order)  # ranked: the valid slots come first
+    f_idx, rank_idx = valid.nonzero(as_tuple=True)
+    slot = order[f_idx, rank_idx]
+    pos = top.position.cpu()[f_idx, slot]
+    starts = window_start(pos, T, W).tolist()
+    acts = top.acts.cpu()[f_idx, slot].numpy().astype("<f4")
+    yield from zip(f_idx.tolist(), ["top"] * len(f_idx), [0] * len(f_idx), rank_idx.tolist(),
+                   top.value.cpu()[f_idx, slot].tolist(), top.context.cpu()[f_idx, slot].tolist(), pos.tolist(),
+                   starts, (a.tobytes() for a in acts), strict=True)
     q = acc.quantiles
     if q is not None:
         n, S = q.intervals, q.per_interval
         value = q.value.view(-1, n, S).cpu()
         ctx = q.context.view(-1, n, S).cpu()
-        positions = q.position.view(-1, n, S).cpu()
-        acts = q.acts.view(-1, n, S, W).cpu()
         order = torch.where(ctx == EMPTY, -1.0, value).argsort(dim=2, descending=True)
-        for f, j in (ctx != EMPTY).any(2).nonzero().tolist():
-            for rank, s in enumerate(order[f, j].tolist()):
-                if int(ctx[f, j, s]) == EMPTY:
-                    break
-                p = int(positions[f, j, s])
-                start = int(window_start(torch.tensor(p), T, W))
-                yield (f, "quantile", j, rank, float(value[f, j, s]), int(ctx[f, j, s]), p, start,
-                       acts[f, j, s].numpy().astype("<f4").tobytes())
+        ranked_ctx = ctx.gather(2, order)
+        f_idx, j_idx, rank_idx = (ranked_ctx != EMPTY).nonzero(as_tuple=True)
+        slot = order[f_idx, j_idx, rank_idx]
+        pos = q.position.view(-1, n, S).cpu()[f_idx, j_idx, slot]
+        starts = window_start(pos, T, W).tolist()
+        acts = q.acts.view(-1, n, S, W).cpu()[f_idx, j_idx, slot].numpy().astype("<f4")
+        yield from zip(f_idx.tolist(), ["quantile"] * len(f_idx), j_idx.tolist(), rank_idx.tolist(),
+                       value[f_idx, j_idx, slot].tolist(), ctx[f_idx, j_idx, slot].tolist(), pos.tolist(), starts,
+                       (a.tobytes() for a in acts), strict=True)
     neg = acc.negatives
     zeros = np.zeros(W, dtype="<f4").tobytes()
-    for f, s in (neg.context != EMPTY).nonzero().cpu().tolist():
-        start = int(neg.position[f, s])
-        yield (f, "negative", 0, s, 0.0, int(neg.context[f, s]), start, start, zeros)
+    f_idx, slot = (neg.context != EMPTY).cpu().nonzero(as_tuple=True)
+    starts = neg.position.cpu()[f_idx, slot].tolist()
+    for f, s, c, start in zip(f_idx.tolist(), slot.tolist(), neg.context.cpu()[f_idx, slot].tolist(), starts,
+                              strict=True):
+        yield (f, "negative", 0, s, 0.0, c, start, start, zeros)
 
 
 def _label_rows(fin: Finished) -> Iterator[tuple[Any, ...]]:

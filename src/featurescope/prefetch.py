@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -86,7 +87,7 @@ def prefetch(batches: Iterator[Tensor], *, depth: int = DEPTH, device: torch.dev
                 return
             if isinstance(item, _Failed):
                 raise item.error
-            batch, event = item  # type: ignore[misc]
+            batch, event = cast("tuple[Tensor, torch.cuda.Event | None]", item)
             if event is not None:
                 current = torch.cuda.current_stream(dev)
                 current.wait_event(event)

@@ -3,13 +3,14 @@ one with letter features alone does not) and AutoInterp detection through a fake
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import numpy as np
 import pytest
 import torch
 
 from explain_helpers import FakeLLM, fake_llm
-from featurescope.activations import ActivationStore
-from featurescope.analysis import AnalyzeConfig, analyze
 from featurescope.analysis.explain_all import make_explainer
 from featurescope.evalsuite import absorption as A
 from featurescope.evalsuite.autointerp import autointerp, db_mismatch
@@ -87,21 +88,6 @@ def test_absorption_separates_absorbing_token_features(gemma):
     assert {"mean_absorption_fraction_score", "mean_num_split_features", "std_dev_full_absorption_score"} <= set(m)
 
 
-@pytest.fixture(scope="module")
-def tiny_db(gemma, small_store, tmp_path_factory):
-    """An analysis of 1,000 tokens with a random TopK SAE of 32 features (centred on the data)."""
-    tmp = tmp_path_factory.mktemp("autointerp")
-    sae = SAE.create(SAEConfig(d_in=640, d_sae=32, architecture="topk", k=4, model="default", layer=9), seed=1)
-    x = ActivationStore(small_store).rows(0, 1000)
-    with torch.no_grad():
-        sae.input_scale.fill_(640**0.5 / float(x.norm(dim=1).mean()))
-        sae.b_dec.copy_((x * sae.input_scale).mean(0))
-    sae.save(tmp / "sae")
-    analyze(AnalyzeConfig(sae=str(tmp / "sae"), out=str(tmp / "f.db"), activations=str(small_store), tokens=1000,
-                          map="none", top_k=3, per_interval=3, window=16), model=gemma, progress=False)
-    return tmp / "f.db", tmp / "sae", sae
-
-
 def test_autointerp_scores_a_useful_explainer_above_a_useless_one(tiny_db):
     db, folder, sae = tiny_db
     assert db_mismatch(db, sae, str(folder), only_one=False) == ""
@@ -117,3 +103,39 @@ def test_autointerp_scores_a_useful_explainer_above_a_useless_one(tiny_db):
     assert good["autointerp_score"] > bad["autointerp_score"]
     assert [d["latent"] for d in results[False]["eval_result_details"]] == \
         [d["latent"] for d in results[True]["eval_result_details"]]  # the same seeded features
+
+
+def test_suite_results_are_stored_replaced_and_served(tiny_db, tmp_path):
+    from explorer_helpers import start_server
+    from featurescope.featuredb.core import FeatureStore
+    from featurescope.featuredb.suite import read_suite, store_suite
+
+    db = tmp_path / "f.db"
+    db.write_bytes(tiny_db[0].read_bytes())
+    absorbed = {"eval_type_id": "absorption_first_letter", "eval_config": {"max_k_value": 10},
+                "eval_result_metrics": {"mean": {"mean_full_absorption_score": 0.25,
+                                                 "mean_absorption_fraction_score": float("nan")}},
+                "eval_result_details": [{"first_letter": "a"}], "seconds": 1.0}
+    store_suite(db, {"a": {"absorption_first_letter": absorbed, "autointerp": {"eval_type_id": "autointerp",
+                                                                              "skipped": "no explainer"},
+                           "seconds": 2.0}})
+    store_suite(db, {"b": {"absorption_first_letter": absorbed}})
+    store_suite(db, {"b": {"absorption_first_letter": {**absorbed, "eval_result_metrics": {"mean": {
+        "mean_full_absorption_score": 0.5}}}}})  # replaces b's rows, keeps a's
+    with FeatureStore.open(db) as store:
+        rows = read_suite(store.con)
+        details = json.loads(store.con.execute("SELECT details FROM suite_results WHERE sae = 'a' AND "
+                                               "metric = 'mean_full_absorption_score'").fetchone()[0])
+    assert [(r["sae"], r["task"], r["metric"], r["value"]) for r in rows] == [
+        ("a", "absorption_first_letter", "mean_absorption_fraction_score", None),
+        ("a", "absorption_first_letter", "mean_full_absorption_score", 0.25),
+        ("a", "autointerp", "skipped", None),
+        ("b", "absorption_first_letter", "mean_full_absorption_score", 0.5)]
+    assert details == {"category": "mean", "eval_config": {"max_k_value": 10},
+                       "eval_result_details": [{"first_letter": "a"}], "seconds": 1.0}
+    srv = start_server(db)
+    try:
+        api = httpx.get(f"{srv.url.rstrip('/')}/api/saes", timeout=30).json()
+    finally:
+        srv.stop()
+    assert not api["available"] and len(api["suite"]) == 4 and api["suite"][3]["value"] == 0.5

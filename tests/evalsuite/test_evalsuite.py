@@ -119,12 +119,14 @@ def test_clamping_a_planted_language_feature_moves_the_next_token_toward_it(gemm
     assert metrics["languages"] == len(LANGS) - 1 and metrics["languages_above_control"] >= 1
 
 
-def test_eval_suite_cli_writes_saebench_fields(gemma, planted, tmp_path, monkeypatch, capsys):
+def test_eval_suite_cli_writes_saebench_fields(gemma, planted, tiny_db, tmp_path, monkeypatch, capsys):
     import json
 
     from featurescope import cli
     from featurescope.evalsuite import suite
     from featurescope.evaluate import run as eval_run
+    from featurescope.featuredb.core import FeatureStore
+    from featurescope.featuredb.suite import read_suite
 
     monkeypatch.setattr(eval_run, "load_model", lambda *a, **k: gemma)
     monkeypatch.setattr(suite, "absorption", lambda *a, **k: ABSORPTION)  # tested on its own (test_absorption_*)
@@ -134,10 +136,16 @@ def test_eval_suite_cli_writes_saebench_fields(gemma, planted, tmp_path, monkeyp
     argv = ["eval", str(folder), "--suite", "--suite-texts", "4", "--suite-out", str(out), "--device", "cpu"]
     assert cli.main([*argv, "--suite-out", str(tmp_path / "missing" / "x.json")]) == 2  # checked before the suite
     assert "the folder" in capsys.readouterr().err and not out.exists()
-    assert cli.main(argv) == 0
+    db = tmp_path / "f.db"
+    db.write_bytes(tiny_db[0].read_bytes())
+    assert cli.main([*argv, "--db", str(db)]) == 0  # no --explainer: AutoInterp is skipped, saying why
     shown = capsys.readouterr().out
     assert "top-1" in shown and "language shift" in shown and "absorption" in shown
-    assert "skipped" in shown and "--explainer URL" in shown
+    assert "skipped" in shown and "--explainer URL" in shown and f"stored in {db}" in shown
+    with FeatureStore.open(db) as store:
+        stored = {(r["task"], r["metric"]): r["value"] for r in read_suite(store.con)}
+    assert stored[("absorption_first_letter", "mean_full_absorption_score")] == 0.2
+    assert ("autointerp", "skipped") in stored and ("sparse_probing", "sae_top_1_test_accuracy") in stored
     result = json.loads(out.read_text())["saes"][str(folder)]
     probing = result["sparse_probing"]
     assert set(probing["eval_result_metrics"]["sae"]) == {"sae_test_accuracy", "sae_top_1_test_accuracy",

@@ -76,8 +76,9 @@ def run(args: argparse.Namespace, paths: list[str], cfg: Any) -> int:
     device = eval_device(cfg)
     suite_cfg = SuiteConfig(per_split=args.suite_texts, autointerp_features=args.autointerp_features, seed=cfg.seed)
     saes = {path: SAE.load(path, device=device).eval() for path in paths}
-    for path, sae in saes.items():
-        if sae.cfg.layer is None:
+    layers = {path: sae.cfg.layer for path, sae in saes.items()}
+    for path, layer in layers.items():
+        if layer is None:
             raise FeaturescopeError(f"{path}: the SAE records no layer; the suite needs the block it reads")
     model = None
     results: dict[str, Any] = {}
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, paths: list[str], cfg: Any) -> int:
         model = eval_model(cfg, model_name(cfg, list(saes.values())) or "default", sae, device, model=model,
                            label=path)
         why = "" if explainer is None or not cfg.db else db_mismatch(cfg.db, sae, path, len(saes) == 1)
-        results[str(path)] = run_suite(model, sae, int(sae.cfg.layer), suite_cfg, explainer=explainer, db=cfg.db,
+        results[str(path)] = run_suite(model, sae, int(layers[path] or 0), suite_cfg, explainer=explainer, db=cfg.db,
                                        autointerp_skipped=why and f"AutoInterp skipped: {why}",
                                        progress=not args.quiet)
     write_json(Path(args.suite_out), {"suite": "featurescope offline suite", "saes": results})

@@ -210,7 +210,7 @@ def absorption(model: LanguageModel, sae: SAE, layer: int, *, per_letter: int = 
     predicted = probe.predicted
     a_train, a_test = _encode(sae, x_train, model.device), _encode(sae, x_test, model.device)
     dec = (sae.W_dec.detach().float() / sae.input_scale.float()).cpu().numpy()
-    details = []
+    details: list[dict[str, Any]] = []
     for c, letter in enumerate(task.letters):
         main, f1s = split_features(a_train, (y_train == c).astype(int), a_test, (y_test == c).astype(int),
                                    max_k=max_k, f1_jump_threshold=f1_jump_threshold, seed=seed)

@@ -36,7 +36,7 @@ def rows(sae: str, results: dict[str, Any], created: str) -> list[tuple[Any, ...
     """The table rows of one SAE's suite results (`run_suite`'s record): per task, one row per metric of its
     `eval_result_metrics` (details: the metric's category, the task's `eval_config` and `eval_result_details`),
     or one `skipped` row."""
-    out = []
+    out: list[tuple[Any, ...]] = []
     for task in results.values():
         if not isinstance(task, dict) or "eval_type_id" not in task:
             continue

@@ -13,6 +13,7 @@ from featurescope.evalsuite import datasets as D
 from featurescope.evalsuite.pooled import pooled
 from featurescope.evalsuite.sparse_probing import sparse_probing, top_features
 from featurescope.harvest.heldout import is_heldout_document
+from featurescope.probes.encode import tokenize
 from featurescope.sae import SAE, SAEConfig
 
 LANGS = ("en", "fr", "de", "ru", "zh")
@@ -99,7 +100,8 @@ def test_sparse_probing_finds_a_planted_language_feature(gemma, languages, plant
 
 
 def test_language_tokens_are_each_languages_own(gemma, languages):
-    own = causal.language_tokens(gemma, languages)
+    ids, _ = tokenize(gemma, [t for t, _ in languages.train], 64)
+    own = causal.language_tokens(ids, languages)
     assert all(own[c] for c in range(len(LANGS)))
     zh = {gemma.tokenizer.decode([t]) for t in own[LANGS.index("zh")]}
     assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in text) for text in zh) >= len(zh) // 2
@@ -117,24 +119,45 @@ def test_clamping_a_planted_language_feature_moves_the_next_token_toward_it(gemm
     assert metrics["languages"] == len(LANGS) - 1 and metrics["languages_above_control"] >= 1
 
 
-def test_eval_suite_cli_writes_saebench_fields(gemma, planted, tmp_path, monkeypatch, capsys):
+def test_eval_suite_cli_writes_saebench_fields(gemma, planted, tiny_db, tmp_path, monkeypatch, capsys):
     import json
 
-    from featurescope import cli, models
+    from featurescope import cli
+    from featurescope.evalsuite import suite
+    from featurescope.evaluate import run as eval_run
+    from featurescope.featuredb.core import FeatureStore
+    from featurescope.featuredb.suite import read_suite
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: gemma)
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(eval_run, "load_model", lambda *a, **k: gemma)
+    monkeypatch.setattr(suite, "absorption", lambda *a, **k: ABSORPTION)  # tested on its own (test_absorption_*)
+    monkeypatch.setenv("COLUMNS", "250")
     folder = planted.save(tmp_path / "sae")
     out = tmp_path / "suite.json"
     argv = ["eval", str(folder), "--suite", "--suite-texts", "4", "--suite-out", str(out), "--device", "cpu"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--suite-out", str(tmp_path / "missing" / "x.json")]) == 2  # checked before the suite
+    assert "the folder" in capsys.readouterr().err and not out.exists()
+    db = tmp_path / "f.db"
+    db.write_bytes(tiny_db[0].read_bytes())
+    assert cli.main([*argv, "--db", str(db)]) == 0  # no --explainer: AutoInterp is skipped, saying why
     shown = capsys.readouterr().out
-    assert "top-1" in shown and "language shift" in shown and "explain DB --explainer URL" in shown
+    assert "top-1" in shown and "language shift" in shown and "absorption" in shown
+    assert "skipped" in shown and "--explainer URL" in shown and f"stored in {db}" in shown
+    with FeatureStore.open(db) as store:
+        stored = {(r["task"], r["metric"]): r["value"] for r in read_suite(store.con)}
+    assert stored[("absorption_first_letter", "mean_full_absorption_score")] == 0.2
+    assert ("autointerp", "skipped") in stored and ("sparse_probing", "sae_top_1_test_accuracy") in stored
     result = json.loads(out.read_text())["saes"][str(folder)]
     probing = result["sparse_probing"]
     assert set(probing["eval_result_metrics"]["sae"]) == {"sae_test_accuracy", "sae_top_1_test_accuracy",
                                                           "sae_top_2_test_accuracy", "sae_top_5_test_accuracy"}
     assert [d["dataset_name"] for d in probing["eval_result_details"]] == ["language_id", "code_vs_prose"]
     assert result["causal_language"]["eval_result_metrics"]["causal"]["languages"] == len(D.LANGUAGES) - 1
+    assert result["absorption_first_letter"] == ABSORPTION
+    assert result["autointerp"]["eval_type_id"] == "autointerp" and "--explainer" in result["autointerp"]["skipped"]
     assert cli.main([*argv[:3], "--suite-texts", "2"]) == 2
     assert "--suite-texts must be at least 4" in capsys.readouterr().err
+
+
+ABSORPTION = {"eval_type_id": "absorption_first_letter", "eval_result_metrics": {"mean": {
+    "mean_absorption_fraction_score": 0.1, "mean_full_absorption_score": 0.2, "mean_num_split_features": 1.5}},
+    "eval_result_details": []}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +19,82 @@ def add_suite_flags(p: argparse.ArgumentParser) -> None:
     """The flags `eval` takes for the suite."""
     p.add_argument("--suite", action="store_true",
                    help="run the offline suite instead (docs/evaluation.md): sparse probing (language id in 8 "
-                        "languages, code vs prose; k = 1, 2, 5 against a dense probe) and the causal language task, "
-                        "on held-out texts of the embedded corpora")
+                        "languages, code vs prose; k = 1, 2, 5 against a dense probe), feature absorption on the "
+                        "first-letter task, the causal language task and, with --explainer and --db, AutoInterp; "
+                        "with --db the results are also stored in that feature database")
     p.add_argument("--suite-out", default=SUITE_OUT, metavar="FILE",
                    help=f"with --suite: JSON file of the results, SAEBench field names (default: {SUITE_OUT})")
     p.add_argument("--suite-texts", type=int, default=40, metavar="N",
                    help="with --suite: texts per class in train and in test (default: 40)")
+    p.add_argument("--explainer", default="", metavar="URL",
+                   help="with --suite and --db: OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) that "
+                        "explains features of the database for AutoInterp detection (unset: AutoInterp is skipped)")
+    p.add_argument("--explainer-model", default="", metavar="NAME", help="with --explainer: the model name it serves")
+    p.add_argument("--autointerp-features", type=int, default=10, metavar="N",
+                   help="with --explainer: features explained and scored (default: 10)")
+
+
+def check_out(path: str) -> None:
+    """A one-line error now, not after the suite, unless a file can be written at `path`."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise FeaturescopeError(f"--suite-out {path} is a directory")
+    if not parent.is_dir():
+        raise FeaturescopeError(f"--suite-out {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise FeaturescopeError(f"--suite-out {path} cannot be written")
+
+
+def _explainer(args: argparse.Namespace) -> Any:
+    if not args.explainer:
+        return None
+    from featurescope.analysis.explain_all import make_explainer
+
+    return make_explainer(args.explainer, args.explainer_model)
 
 
 def run(args: argparse.Namespace, paths: list[str], cfg: Any) -> int:
-    """Run the suite on every SAE of `paths` with `cfg`'s model and device settings; print a table, write JSON."""
+    """Run the suite on every SAE of `paths` with `cfg`'s model and device settings; print a table, write JSON
+    (and store the results in `cfg.db` when given)."""
     from featurescope.atomic import write_json
+    from featurescope.evalsuite.autointerp import db_mismatch
     from featurescope.evalsuite.suite import SuiteConfig, run_suite
-    from featurescope.models import default_device, load_model
+    from featurescope.evaluate.run import eval_device, eval_model, model_name
     from featurescope.sae import SAE
 
     if args.suite_texts < 4:
         raise FeaturescopeError("--suite-texts must be at least 4")
-    device = default_device() if cfg.device == "auto" else cfg.device
-    suite_cfg = SuiteConfig(per_split=args.suite_texts, seed=cfg.seed)
+    if args.autointerp_features < 1:
+        raise FeaturescopeError("--autointerp-features must be at least 1")
+    check_out(args.suite_out)
+    if cfg.db:
+        from featurescope.featuredb import FeatureStore
+
+        FeatureStore.open(cfg.db).close()  # a bad database is an error now, not after the suite
+    explainer = _explainer(args)
+    device = eval_device(cfg)
+    suite_cfg = SuiteConfig(per_split=args.suite_texts, autointerp_features=args.autointerp_features, seed=cfg.seed)
+    saes = {path: SAE.load(path, device=device).eval() for path in paths}
+    layers = {path: sae.cfg.layer for path, sae in saes.items()}
+    for path, layer in layers.items():
+        if layer is None:
+            raise FeaturescopeError(f"{path}: the SAE records no layer; the suite needs the block it reads")
     model = None
     results: dict[str, Any] = {}
-    for path in paths:
-        sae = SAE.load(path, device=device).eval()
-        if sae.cfg.layer is None:
-            raise FeaturescopeError(f"{path}: the SAE records no layer; the suite needs the block it reads")
-        name = cfg.model or sae.cfg.model or "default"
-        if model is None:
-            model = load_model(str(name), device=device, dtype=cfg.model_dtype)
-        if model.d_model != sae.cfg.d_in:
-            raise FeaturescopeError(f"{path}: reads d_in={sae.cfg.d_in} but {model.name} has d_model={model.d_model}")
-        results[str(path)] = run_suite(model, sae, int(sae.cfg.layer), suite_cfg, progress=not args.quiet)
+    for path, sae in saes.items():
+        model = eval_model(cfg, model_name(cfg, list(saes.values())) or "default", sae, device, model=model,
+                           label=path)
+        why = "" if explainer is None or not cfg.db else db_mismatch(cfg.db, sae, path, len(saes) == 1)
+        results[str(path)] = run_suite(model, sae, int(layers[path] or 0), suite_cfg, explainer=explainer, db=cfg.db,
+                                       autointerp_skipped=why and f"AutoInterp skipped: {why}",
+                                       progress=not args.quiet)
     write_json(Path(args.suite_out), {"suite": "featurescope offline suite", "saes": results})
-    _print(results, args.suite_out, args.json)
+    if cfg.db:
+        from featurescope.featuredb.suite import store_suite
+
+        store_suite(cfg.db, results)
+    _print(results, args.suite_out + (f"; stored in {cfg.db}" if cfg.db else ""), args.json)
     return 0
 
 
@@ -64,17 +108,30 @@ def _print(results: dict[str, Any], out: str, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="offline suite: sparse probing test accuracy (held-out texts) and the causal language task")
-    for title in ("SAE", *(t for _, t in COLUMNS), "language shift", "random shift"):
+    table = Table(title="offline suite: sparse probing test accuracy (held-out texts), first-letter absorption, "
+                        "the causal language task and AutoInterp detection")
+    for title in ("SAE", *(t for _, t in COLUMNS), "absorption", "full absorption", "split", "language shift",
+                  "random shift", "autointerp"):
         table.add_column(title, justify="left" if title == "SAE" else "right", overflow="fold")
+    notes = []
     for path, r in results.items():
         sae = r["sparse_probing"]["eval_result_metrics"]["sae"]
         llm = r["sparse_probing"]["eval_result_metrics"]["llm"]
+        absorbed = r["absorption_first_letter"]["eval_result_metrics"]["mean"]
         causal = r["causal_language"]["eval_result_metrics"]["causal"]
         values = {**sae, **llm}
+        interp = r["autointerp"]
+        if "skipped" in interp:
+            notes.append(f"{path}: not run: {interp['skipped']}")
+            score = "skipped"
+        else:
+            score = f"{interp['eval_result_metrics']['autointerp']['autointerp_score']:.3f}"
         table.add_row(Text(path), *(f"{values[k]:.3f}" for k, _ in COLUMNS),
-                      f"{causal['language_shift']:+.4f}", f"{causal['random_shift']:+.4f}")
+                      f"{absorbed['mean_absorption_fraction_score']:.3f}",
+                      f"{absorbed['mean_full_absorption_score']:.3f}", f"{absorbed['mean_num_split_features']:.2f}",
+                      f"{causal['language_shift']:+.4f}", f"{causal['random_shift']:+.4f}", score)
     console = Console()
     console.print(table)
-    console.print(f"not run: {next(iter(results.values()))['autointerp']['skipped']}", highlight=False)
+    for note in notes:
+        console.print(note, highlight=False)
     console.print(f"wrote {out}", highlight=False)

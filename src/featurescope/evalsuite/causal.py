@@ -4,8 +4,9 @@ For each language of the `language_id` dataset but English (the prompts are Engl
 
 1. Its **feature**: the one whose mean activation over the language's train texts exceeds its mean over the
    other languages' by the most (the positive side of sparse probing's top-1 choice).
-2. Its **tokens**: token ids that occur at least `min_count` times in the language's train texts and at least
-   `ratio` times as often as in any other language's (a crude, data-derived "this language's vocabulary").
+2. Its **tokens**: token ids that occur at least `min_count` times in the language's train texts (the tokens
+   pooled, `Pooled.ids`) and at least `ratio` times as often as in any other language's (a crude, data-derived
+   "this language's vocabulary").
 3. The **shift**: over `PROMPTS` (neutral English sentence starts), the probability the model gives the
    language's tokens as the next token with the feature clamped at `multiple` × its peak activation on the
    language's train texts (every position, `steering.hook`), minus that probability unsteered. The default
@@ -24,6 +25,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,6 @@ from featurescope.evalsuite.datasets import ProbeDataset
 from featurescope.evalsuite.pooled import Pooled
 from featurescope.models import LanguageModel
 from featurescope.models.language import pad_right
-from featurescope.probes.encode import tokenize
 from featurescope.sae import SAE
 from featurescope.steering.hook import SteeringHook, attach
 
@@ -42,10 +43,10 @@ PROMPTS = ("I went for a walk and", "The best thing about the weekend is", "My f
            "She opened the door and said", "The most important thing in life is")
 
 
-def language_tokens(model: LanguageModel, ds: ProbeDataset, *, min_count: int = 3,
+def language_tokens(ids: Sequence[list[int]], ds: ProbeDataset, *, min_count: int = 3,
                     ratio: float = 4.0) -> dict[int, list[int]]:
-    """Per class of `ds`: the token ids that are its own (module doc, step 2)."""
-    ids, _ = tokenize(model, [t for t, _ in ds.train], 10_000)
+    """Per class of `ds`: the token ids that are its own (module doc, step 2), from the token ids of its train
+    texts (`Pooled.ids`)."""
     counts: dict[int, Counter[int]] = {c: Counter() for c in range(len(ds.classes))}
     for row, (_, c) in zip(ids, ds.train, strict=True):
         counts[c].update(row)
@@ -86,7 +87,7 @@ def causal_language(model: LanguageModel, sae: SAE, layer: int, ds: ProbeDataset
     start = time.perf_counter()
     sae.to(model.device)
     labels = np.array([c for _, c in ds.train])
-    own = language_tokens(model, ds)
+    own = language_tokens(train.ids, ds)
     alive = np.flatnonzero(train.peak.max(0) > 0)
     rng = random.Random(seed)
     details: list[dict[str, Any]] = []

@@ -18,17 +18,20 @@ from featurescope.sae import SAE
 
 class Pooled(NamedTuple):
     """Per text: the mean residual [n, d_model], the mean SAE activations [n, d_sae] and their maximum over the
-    text's tokens [n, d_sae] (float32)."""
+    text's tokens [n, d_sae] (float32), and the text's token ids (cut to `max_tokens`, no BOS)."""
 
     residual: np.ndarray
     features: np.ndarray
     peak: np.ndarray
+    ids: list[list[int]]
 
 
 @torch.inference_mode()
 def pooled(model: LanguageModel, sae: SAE, layer: int, texts: Sequence[str], *, max_tokens: int = 64,
            batch_size: int = 16, progress: bool = False, desc: str = "encode") -> Pooled:
-    """Mean residual and mean SAE activations of each text at block `layer` (texts cut to `max_tokens`)."""
+    """Mean residual and mean SAE activations of each text at block `layer` (texts cut to `max_tokens`; the SAE is
+    moved to the model's device)."""
+    sae.to(model.device)
     ids, _ = tokenize(model, texts, max_tokens)
     bos = [] if model.bos_id is None else [model.bos_id]
     resid, feats, peaks = [], [], []
@@ -44,4 +47,4 @@ def pooled(model: LanguageModel, sae: SAE, layer: int, texts: Sequence[str], *, 
         f = sae.encode(h) * own.unsqueeze(-1)
         feats.append((f * weight.to(f.dtype)).sum(1).float().cpu())
         peaks.append(f.amax(1).float().cpu())
-    return Pooled(torch.cat(resid).numpy(), torch.cat(feats).numpy(), torch.cat(peaks).numpy())
+    return Pooled(torch.cat(resid).numpy(), torch.cat(feats).numpy(), torch.cat(peaks).numpy(), ids)

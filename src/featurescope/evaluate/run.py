@@ -53,7 +53,7 @@ class EvalConfig:
     compare_out: str = option("", "with several SAEs: folder for compare.json, pareto.html and pareto.png "
                               "(default: eval-compare)")
     db: str = option("", "with several SAEs: also store the comparison in this feature database (the explorer's "
-                     "SAEs page)")
+                     "SAEs page); with --suite, the suite's results (and the features AutoInterp explains)")
 
 
 def _store_contexts(source: ActivationSource, n: int, split: str) -> Tensor | None:
@@ -181,6 +181,26 @@ def check_same_input(saes: Sequence[SAE], names: Sequence[str], *, models: bool 
                                     f"{known[0][1]} but {other[0]} has {what}={other[1]}{hint}")
 
 
+def eval_device(cfg: EvalConfig) -> str:
+    """The device `cfg` asks for (`auto`: the best one here)."""
+    return default_device() if cfg.device == "auto" else cfg.device
+
+
+def model_name(cfg: EvalConfig, saes: Sequence[SAE], source: ActivationSource | None = None) -> str | None:
+    """The model the SAEs read: `cfg.model`, else the store's, else the first one an SAE records (None if none)."""
+    return cfg.model or (source.model if source is not None else None) or next(
+        (s.cfg.model for s in saes if s.cfg.model), None)
+
+
+def eval_model(cfg: EvalConfig, name: str, sae: SAE, device: str, *, model: LanguageModel | None = None,
+               label: str = "the SAE") -> LanguageModel:
+    """`model`, else model `name` loaded with `cfg`'s dtype on `device`; an error unless `sae` fits its width."""
+    model = model or load_model(name, device=device, dtype=cfg.model_dtype)
+    if model.d_model != sae.d_in:
+        raise FeaturescopeError(f"{model.name} has d_model={model.d_model} but {label} reads d_in={sae.d_in}")
+    return model
+
+
 def evaluate_many(cfg: EvalConfig, saes: Sequence[SAE | str], *, names: Sequence[str] | None = None,
                   model: LanguageModel | None = None, progress: bool = True) -> list[EvalResult]:
     """`evaluate` of each of `saes` (SAEs or folders) on the same rows and contexts: the rows are sampled once,
@@ -193,7 +213,7 @@ def evaluate_many(cfg: EvalConfig, saes: Sequence[SAE | str], *, names: Sequence
                                 settings=("activations", "corpus"))
     if cfg.ce_contexts < 0 or cfg.ood_contexts < 0:
         raise FeaturescopeError("the numbers of CE contexts (ce_contexts, ood_contexts) must be 0 or more")
-    device = default_device() if cfg.device == "auto" else cfg.device
+    device = eval_device(cfg)
     loaded = _load(saes, device)
     names = list(names) if names is not None else [s if isinstance(s, str) else f"SAE {i}" for i, s in enumerate(saes)]
     check_same_input(loaded, names, models=not cfg.model)  # --model names the one model to use
@@ -212,14 +232,11 @@ def evaluate_many(cfg: EvalConfig, saes: Sequence[SAE | str], *, names: Sequence
     oods: list[CEMetrics | None] = [None] * len(loaded)
     ce_source = ""
     if cfg.ce_contexts > 0:
-        model_name = cfg.model or (source.model if source is not None else None) or next(
-            (s.cfg.model for s in loaded if s.cfg.model), None)
+        name = model_name(cfg, loaded, source)
         layer = next((s.cfg.layer for s in loaded if s.cfg.layer is not None),
                      source.layer if source is not None else None)
-        if model_name and layer is not None:
-            model = model or load_model(model_name, device=device, dtype=cfg.model_dtype)
-            if model.d_model != first.d_in:
-                raise FeaturescopeError(f"{model.name} has d_model={model.d_model} but the SAE reads d_in={first.d_in}")
+        if name and layer is not None:
+            model = eval_model(cfg, name, first, device, model=model)
             model.check_layer(layer)
             ctx_len = int(source.manifest["ctx_len"]) if isinstance(source, ActivationStore) else 128
             ids, ce_source = _ce_contexts(cfg, model, source, split, ctx_len, notes)

@@ -1,7 +1,8 @@
 // The SAEs page: the comparison that `featurescope eval SAE SAE … --db` stored (one row per SAE: FVU, L0, dead %,
 // CE loss recovered, KL to the clean model, out-of-domain CE loss recovered) and two Pareto plots against L0.
 // Names and paths go into the table as text and into plotly (which reads an HTML subset) entity-escaped.
-import { api, clear, el, fmt, initNav, pct, plotlyText, showError } from "./common.js";
+// Below them, the offline suite's results that `featurescope eval … --suite --db` stored (one row per SAE).
+import { api, append, clear, el, fmt, initNav, pct, plotlyText, showError } from "./common.js";
 
 const main = document.getElementById("main");
 const COLUMNS = [
@@ -59,13 +60,49 @@ function layout() {
   };
 }
 
+const SUITE = [
+  ["sparse_probing", "llm_test_accuracy", "dense probe"], ["sparse_probing", "sae_top_1_test_accuracy", "top-1"],
+  ["sparse_probing", "sae_top_5_test_accuracy", "top-5"],
+  ["absorption_first_letter", "mean_absorption_fraction_score", "absorption"],
+  ["absorption_first_letter", "mean_full_absorption_score", "full absorption"],
+  ["absorption_first_letter", "mean_num_split_features", "split"],
+  ["causal_language", "language_shift", "language shift"], ["causal_language", "random_shift", "random shift"],
+  ["autointerp", "autointerp_score", "autointerp"],
+];
+
+function suiteTable(rows) {
+  const bySae = new Map();
+  for (const r of rows) {
+    if (!bySae.has(r.sae)) bySae.set(r.sae, {});
+    bySae.get(r.sae)[`${r.task}/${r.metric}`] = r.value;
+  }
+  const value = (got, task, metric) => {
+    if (`${task}/skipped` in got) return "skipped";
+    const v = got[`${task}/${metric}`];
+    return v === undefined ? "" : fmt(v, 4);
+  };
+  return el("table", { id: "suite-table" },
+    el("thead", {}, el("tr", {}, [el("th", {}, "SAE"), ...SUITE.map(([, , title]) => el("th", { class: "num" },
+      title))])),
+    el("tbody", {}, [...bySae].map(([sae, got]) => el("tr", {}, [el("td", { class: "mono" }, sae),
+      ...SUITE.map(([task, metric]) => el("td", { class: "num" }, value(got, task, metric)))]))));
+}
+
+function suiteSection(rows) {
+  if (!rows.length) return null;
+  return el("section", { id: "suite" }, el("h2", {}, "Offline suite"),
+    el("p", { class: "muted" }, "featurescope eval --suite (docs/evaluation.md): sparse probing test accuracy, "
+      + "first-letter absorption (SAEBench's scores), the causal language task and AutoInterp detection."),
+    suiteTable(rows));
+}
+
 async function main_() {
   await initNav("/saes");
   const data = await api("/api/saes");
   clear(main).append(el("h1", {}, "SAEs compared"));
   if (!data.available) {
-    main.append(el("p", { class: "notice" }, "This database has no SAE comparison: run featurescope eval SAE SAE … "
-      + "--activations ACTS --db DB (see docs/evaluation.md)."));
+    append(main, [el("p", { class: "notice" }, "This database has no SAE comparison: run featurescope eval SAE SAE … "
+      + "--activations ACTS --db DB (see docs/evaluation.md)."), suiteSection(data.suite || [])]);
     return;
   }
   const where = data.in_sample ? "IN-SAMPLE: training rows" : "held-out rows and contexts";
@@ -79,7 +116,7 @@ async function main_() {
   if (!window.Plotly) throw new Error("plotly.js did not load (is the plotly Python package installed?)");
   const plot = el("div", { id: "plot", class: "pareto", role: "img",
                            "aria-label": "L0 against CE loss recovered and against FVU, one point per SAE" });
-  main.append(plot);
+  append(main, [plot, suiteSection(data.suite || [])]);
   await window.Plotly.newPlot(plot, traces(data.saes), layout(), { displaylogo: false, responsive: true });
   plot.dataset.ready = "1";
 }

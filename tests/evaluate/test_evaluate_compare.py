@@ -46,7 +46,7 @@ def test_several_saes_give_each_ones_figures_and_share_the_clean_pass(gemma, sma
     batches = 2 + 1  # 3 in-domain contexts in batches of 2, then 2 out-of-domain ones
     assert len(forwards) == batches * (len(paths) + 2)  # clean + zero once per batch, one per SAE
     assert sum(forwards) == batches
-    for path, many in zip(paths, together, strict=True):
+    for path, many in list(zip(paths, together, strict=True))[::2]:  # exact and topk: a ReLU and a TopK SAE
         alone = evaluate(EvalConfig(**{**cfg.__dict__, "sae": path}), model=gemma, progress=False).as_dict()
         got = many.as_dict()
         for key in FIGURES:

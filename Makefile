@@ -48,7 +48,7 @@ $(PEERS)/.installed:
 test: install-test peers
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-slow: install-test peers
 	$(BIN)/python -m pytest -q -m slow

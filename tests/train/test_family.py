@@ -129,6 +129,7 @@ def test_member_names_and_bad_families(acts, tmp_path):
     bad = [
         ({"k": [4, 4]}, None, "lists 4 more than once"),
         (None, [{"seed": 1}], "`seed` is shared"),
+        (None, [{"layer": 3}], "`layer` is shared"),  # one source feeds every member: one layer
         (None, [{"k": "8"}], "`k` must be int"),
         (None, [{"kk": 8}], "no setting `kk`"),
         ({"k": [4]}, [{"k": 8}], "also given as a list"),
@@ -167,3 +168,6 @@ def test_cli_lists_train_a_family_and_bad_lists_are_one_line_errors(acts, tmp_pa
     code, _, err = run_main(capsys, *common, "--out", str(tmp_path / "bad"), "--sweep", str(sweep))
     assert code == 2 and "--seed is shared by every member" in err
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "fam" / "family.json").write_text(json.dumps({"format": "featurescope.train-family", "members": [3]}))
+    code, _, err = run_main(capsys, *common, "--out", str(tmp_path / "fam"), "--k", "2,4")
+    assert code == 2 and "family.json: not a featurescope family index (or a corrupt one)" in err, err

@@ -48,8 +48,9 @@ __all__ = ["FAMILY_FILE", "SHARED", "FamilyResult", "Member", "members", "read_s
 FAMILY_FILE = "family.json"
 FORMAT = "featurescope.train-family"
 VERSION = 1
-SHARED = frozenset({"activations", "out", "batch_size", "epochs", "seed", "max_rows", *VOLATILE})
-"""Settings every member shares: what fixes the batches (data, batch size, epochs, seed) and the volatile ones."""
+SHARED = frozenset({"activations", "layer", "out", "batch_size", "epochs", "seed", "max_rows", *VOLATILE})
+"""Settings every member shares: what fixes the batches (data and its layer, batch size, epochs, seed) and the
+volatile ones."""
 SHORT = {"arch": "", "k": "k", "features": "f"}
 """A member's name joins `SHORT.get(field, field) + value` over the settings that vary (these first)."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
@@ -180,8 +181,11 @@ def _check_family_out(out: Path, names: Sequence[str]) -> dict[str, Any] | None:
         raise FeaturescopeError(f"{out} holds a single training run; train a family into a new `out`",
                                 settings=("out",))
     index = read_json(out / FAMILY_FILE) if (out / FAMILY_FILE).is_file() else None
-    if index is not None and index.get("format") != FORMAT:
-        raise FeaturescopeError(f"{out / FAMILY_FILE}: not a featurescope family index")
+    if index is not None and (not isinstance(index, dict) or index.get("format") != FORMAT
+                              or not isinstance(index.get("members", []), list)
+                              or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                         for m in index.get("members", []))):
+        raise FeaturescopeError(f"{out / FAMILY_FILE}: not a featurescope family index (or a corrupt one)")
     known = {FAMILY_FILE, *names, *(m["name"] for m in (index or {}).get("members", []))}
     foreign = sorted(f.name for f in out.iterdir() if f.name not in known)
     if foreign:

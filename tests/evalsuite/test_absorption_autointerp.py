@@ -34,6 +34,27 @@ def test_absorbed_follows_saebench_criteria():
     assert not partial.full[0] and partial.fraction[0] == pytest.approx(0.5)
 
 
+def test_the_probe_has_a_direction_per_letter_with_two_letters_too():
+    rng = np.random.default_rng(0)
+    for n in (2, 3):
+        y = np.arange(300) % n
+        means = rng.normal(size=(n, 8)) * 3
+        x = means[y] + rng.normal(size=(300, 8))
+        probe = A.fit_probe(x[:200], y[:200], x[200:])
+        assert probe.directions.shape == (n, 8) and (probe.predicted == y[200:]).mean() > 0.9
+        for c in range(n):  # each letter's direction points from the other letters' tokens toward its own
+            other = means[np.arange(n) != c].mean(0)
+            assert float(probe.directions[c] @ (means[c] - other)) > 0, (n, c)
+
+
+def test_suite_json_is_strict():
+    from featurescope.atomic import strict_json
+
+    data = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x")}
+    text = json.dumps(strict_json(data), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"]}
+
+
 def test_split_features_grow_while_f1_jumps():
     rng = np.random.default_rng(0)
     y = (np.arange(400) % 4 == 0).astype(int)

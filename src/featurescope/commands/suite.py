@@ -57,7 +57,7 @@ def _explainer(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace, paths: list[str], cfg: Any) -> int:
     """Run the suite on every SAE of `paths` with `cfg`'s model and device settings; print a table, write JSON
     (and store the results in `cfg.db` when given)."""
-    from featurescope.atomic import write_json
+    from featurescope.atomic import strict_json, write_json
     from featurescope.evalsuite.autointerp import db_mismatch
     from featurescope.evalsuite.suite import SuiteConfig, run_suite
     from featurescope.evaluate.run import eval_device, eval_model, model_name
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, paths: list[str], cfg: Any) -> int:
         results[str(path)] = run_suite(model, sae, int(layers[path] or 0), suite_cfg, explainer=explainer, db=cfg.db,
                                        autointerp_skipped=why and f"AutoInterp skipped: {why}",
                                        progress=not args.quiet)
-    write_json(Path(args.suite_out), {"suite": "featurescope offline suite", "saes": results})
+    write_json(Path(args.suite_out), {"suite": "featurescope offline suite", "saes": strict_json(results)})
     if cfg.db:
         from featurescope.featuredb.suite import store_suite
 
@@ -101,8 +101,10 @@ def run(args: argparse.Namespace, paths: list[str], cfg: Any) -> int:
 def _print(results: dict[str, Any], out: str, as_json: bool) -> None:
     import json
 
+    from featurescope.atomic import strict_json
+
     if as_json:
-        print(json.dumps({"saes": results}, indent=1))
+        print(json.dumps({"saes": strict_json(results)}, indent=1))
         return
     from rich.console import Console
     from rich.table import Table

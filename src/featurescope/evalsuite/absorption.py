@@ -132,7 +132,8 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     probe = LogisticRegression(max_iter=1000, random_state=seed)
     probe.fit((x_train - mean) / std, y_train)
-    return Probe(probe.predict((x_test - mean) / std), probe.coef_ / std)
+    coef = probe.coef_ if probe.coef_.shape[0] > 1 else np.vstack([-probe.coef_, probe.coef_])  # 2 letters: 1 row
+    return Probe(probe.predict((x_test - mean) / std), coef / std)
 
 
 def split_features(acts_train: np.ndarray, y_train: np.ndarray, acts_test: np.ndarray, y_test: np.ndarray, *,
@@ -222,7 +223,7 @@ def absorption(model: LanguageModel, sae: SAE, layer: int, *, per_letter: int = 
                         "num_full_absorption": n_full, "num_probe_true_positives": len(tp),
                         "num_split_features": len(main), "split_features": main,
                         "num_main_features_silent": n_silent,
-                        "absorption_rate": n_full / n_silent if n_silent else 0.0,
+                        "absorption_rate": n_full / n_silent if n_silent else float("nan"),  # undefined
                         "k_sparse_f1": [round(f, 4) for f in f1s]})
     scored = [d for d in details if d["num_probe_true_positives"]]
     fractions = [d["mean_absorption_fraction"] for d in scored]
@@ -237,6 +238,6 @@ def absorption(model: LanguageModel, sae: SAE, layer: int, *, per_letter: int = 
                 "mean_absorption_fraction_score": _mean(fractions), "mean_full_absorption_score": _mean(fulls),
                 "mean_num_split_features": _mean(splits), "std_dev_absorption_fraction_score": _std(fractions),
                 "std_dev_full_absorption_score": _std(fulls), "std_dev_num_split_features": _std(splits),
-                "mean_absorption_rate": _mean([d["absorption_rate"] for d in scored]),
+                "mean_absorption_rate": _mean([d["absorption_rate"] for d in scored if d["num_main_features_silent"]]),
                 "probe_test_accuracy": float((predicted == y_test).mean())}},
             "eval_result_details": details, "seconds": round(time.perf_counter() - start, 2)}

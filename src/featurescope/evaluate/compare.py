@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from featurescope._version import __version__
+from featurescope.atomic import strict_json
 from featurescope.errors import FeaturescopeError
 from featurescope.evaluate.run import EvalConfig, EvalResult, evaluate_many
 from featurescope.models import LanguageModel, default_device
@@ -68,18 +69,13 @@ class Comparison(NamedTuple):
             "created": self.created, "model": self.model, "layer": self.layer,
             "split": first.split, "in_sample": first.in_sample, "ce_source": first.ce_source,
             "ood_corpus": first.ood_corpus, "measured_on": first.as_dict()["measured_on"], "notes": list(first.notes),
-            "saes": [{**row._asdict(), "eval": _finite_json(r.as_dict())} for row, r in zip(self.rows, self.results,
+            "saes": [{**row._asdict(), "eval": strict_json(r.as_dict())} for row, r in zip(self.rows, self.results,
                                                                                            strict=True)],
         }
 
 
 def _finite(x: Any) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
-def _finite_json(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with NaN and infinities as null (JSON has neither)."""
-    return {k: _finite(v) if isinstance(v, float) else v for k, v in data.items()}
 
 
 def pareto_front(xs: Sequence[float | None], ys: Sequence[float | None], *, higher_y: bool) -> list[bool]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from featurescope.atomic import strict_json
 from featurescope.featuredb.core import ensure_tables, table_columns, update_db
 
 SCHEMA = """
@@ -53,18 +54,7 @@ def rows(sae: str, results: dict[str, Any], created: str) -> list[tuple[Any, ...
 def _details(category: str, task: dict[str, Any]) -> str:
     data = {"category": category, "eval_config": task.get("eval_config", {}),
             "eval_result_details": task.get("eval_result_details", []), "seconds": task.get("seconds")}
-    return json.dumps(_finite(data), default=str)
-
-
-def _finite(x: Any) -> Any:
-    """`x` with NaN and infinities as None (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
+    return json.dumps(strict_json(data), default=str)
 
 
 def store_suite(path: str | Path, saes: dict[str, dict[str, Any]]) -> None:

@@ -395,7 +395,10 @@ def harvested_layers(path: str | Path) -> list[int] | None:
     index = read_json(f)
     if not isinstance(index, dict) or index.get("format") != LAYERS_FORMAT:
         raise FeaturescopeError(f"{f}: not the index of a multi-layer harvest")
-    return [int(layer) for layer in index["layers"]]
+    try:
+        return [int(layer) for layer in index["layers"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise FeaturescopeError(f"{f}: corrupt index of a multi-layer harvest ({e!r})") from None
 
 
 def store_path(path: str | Path, layer: int | None = None, *, default: int | None = None) -> Path:

@@ -69,6 +69,12 @@ def test_a_missing_layer_is_one_clear_error(stores, gemma, capsys, tmp_path):
     assert open_source(stores / "one-2").layer == open_source(stores / "one-2", layer=2).layer == 2  # as today
     with pytest.raises(FeaturescopeError, match="layers 2, 5, not layer 2 alone"):
         harvest(HarvestConfig(out=str(stores / "multi"), layer=2, **SETTINGS), model=gemma, progress=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "layers.json").write_text(json.dumps({**json.loads((stores / "multi" / "layers.json").read_text()),
+                                                    "layers": None}))
+    with pytest.raises(FeaturescopeError, match="corrupt index of a multi-layer harvest"):
+        open_source(broken)
 
 
 def test_a_run_killed_between_two_manifests_resumes(stores, gemma, tmp_path):

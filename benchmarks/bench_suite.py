@@ -38,6 +38,9 @@ def main() -> None:
                       "details": {d["dataset_name"]: {k: v for k, v in d.items() if k.endswith("accuracy")}
                                   for d in r["sparse_probing"]["eval_result_details"]},
                       "causal": r["causal_language"]["eval_result_metrics"]["causal"],
+                      "absorption": r["absorption_first_letter"]["eval_result_metrics"]["mean"],
+                      "absorption_seconds": r["absorption_first_letter"]["seconds"],
+                      "autointerp": r["autointerp"].get("skipped") or r["autointerp"].get("eval_result_metrics"),
                       "seconds": r["seconds"], "process_seconds": round(time.perf_counter() - start, 1)}
         print(name, rows[name], flush=True)
     write_json(args.out, {"command": f"python benchmarks/bench_suite.py --run {args.run} --out {args.out}",

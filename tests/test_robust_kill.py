@@ -36,6 +36,8 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
+# slow: nine export processes (~46 s on a fresh clone); the killed harvest and train tests stay in make test
+@pytest.mark.slow
 def test_export_killed_anywhere_leaves_a_whole_folder(tmp_path):
     sae_dir = SAE.create(SAEConfig(d_in=64, d_sae=256, architecture="topk", k=4), seed=0).save(tmp_path / "sae")
     sae = SAE.load(sae_dir)

@@ -58,6 +58,8 @@ def test_two_ranks_write_the_one_process_store_and_a_crashed_run_resumes_on_one(
     _assert_same_store(crashed, reference)
 
 
+# slow: two torchrun ranks extending a store (~36 s on a fresh clone); the two-rank store test stays in make test
+@pytest.mark.slow
 def test_cli_distributed_extends_a_one_process_store(tmp_path, reference, gemma):
     out = tmp_path / "grown"
     with one_thread():

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _base_type(tp: Any) -> tuple[type, bool]:
+def base_type(tp: Any) -> tuple[type, bool]:
     """(type, optional) of an annotation such as `int | None`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -44,7 +44,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, positional
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        tp, optional = _base_type(hints[f.name])
+        tp, optional = base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")

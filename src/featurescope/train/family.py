@@ -11,6 +11,7 @@ the same weights as a run of its settings alone (same seed, hence the same batch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 import time
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from featurescope.activations import ActivationSource
 from featurescope.atomic import read_json, write_json
+from featurescope.cli_args import base_type
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
 from featurescope.resume import settings
@@ -75,14 +77,11 @@ class FamilyResult(NamedTuple):
     """Wall time of this call's pass over the data (0 if every member was finished)."""
 
 
+@functools.cache
 def _field_types() -> dict[str, tuple[type, bool]]:
     """(type, optional) of each `TrainConfig` field."""
     hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-        out[f.name] = (args[0], True) if args else (hints[f.name], False)
-    return out
+    return {f.name: base_type(hints[f.name]) for f in dataclasses.fields(TrainConfig)}
 
 
 def _check_value(name: str, value: Any, where: str) -> Any:

@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from typing import Any, TypeVar
 
+from featurescope.config_fields import base_type
+
 T = TypeVar("T")
-
-
-def base_type(tp: Any) -> tuple[type, bool]:
-    """(type, optional) of an annotation such as `int | None`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
 
 
 def comma_list(kind: type) -> Any:

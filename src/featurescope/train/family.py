@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from featurescope.activations import ActivationSource
 from featurescope.atomic import read_json, write_json
-from featurescope.cli_args import base_type
+from featurescope.config_fields import base_type
 from featurescope.distributed.world import pick_device
 from featurescope.errors import FeaturescopeError
 from featurescope.resume import settings

@@ -58,8 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return train_family.run(args, _main_rank())
     cfg = dataclass_from_args(TrainConfig, args)
     result = train(cfg, progress=not args.quiet)
-    metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
     if _main_rank():
+        metrics = train_family.metrics_text(result.metrics)
         print(f"{result.path}: {result.steps} steps in {result.seconds:.1f} s; {metrics}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from featurescope.cli_args import dataclass_from_args
 
@@ -28,6 +29,11 @@ def is_family(args: argparse.Namespace) -> bool:
     return bool(_lists(args)) or getattr(args, "sweep", None) is not None
 
 
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """A training run's summary metrics on one line (`fvu 0.1234, l0 24`)."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
 def run(args: argparse.Namespace, main_rank: bool) -> int:
     """Train the family and print one line per member."""
     from featurescope.train import TrainConfig
@@ -40,8 +46,7 @@ def run(args: argparse.Namespace, main_rank: bool) -> int:
     if main_rank:
         for name, r in result.members.items():
             state = "finished before" if name in result.skipped else f"{r.steps} steps"
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items())
-            print(f"{r.path}: {state}; {metrics}")
+            print(f"{r.path}: {state}; {metrics_text(r.metrics)}")
         print(f"{result.path}: {len(result.members)} SAEs ({len(result.skipped)} finished before), "
               f"one pass of {result.seconds:.1f} s; index in {result.path / 'family.json'}")
     return 0
